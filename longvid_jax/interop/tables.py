@@ -1,0 +1,95 @@
+"""Table-driven checkpoint conversion: one list of `Rule`s per model family.
+
+A rule pairs a flattened path in our params (`layers_{i}/self_attn/q_proj/kernel`) with a tensor
+name in the other format (`model.layers.{i}.self_attn.q_proj.weight`) and optional hooks that
+reshape or permute the array on the way in and out. Conversions fail loudly on any tensor that no
+rule claims and on any parameter that no tensor fills.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+Hook = Callable[[np.ndarray, Any], np.ndarray]
+
+
+def identity(x: np.ndarray, cfg: Any) -> np.ndarray:
+  del cfg
+  return x
+
+
+def transpose(x: np.ndarray, cfg: Any) -> np.ndarray:
+  """torch Linear weight[out,in] ↔ flax Dense kernel[in,out]."""
+  del cfg
+  return np.ascontiguousarray(x.T)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  ours: str
+  theirs: str
+  to_ours: Hook = identity
+  to_theirs: Hook = identity
+
+
+def _regex(pattern: str) -> re.Pattern:
+  return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def _match(name: str, rules: Iterable[Rule], side: str):
+  for rule in rules:
+    m = _regex(getattr(rule, side)).match(name)
+    if m:
+      return rule, m.groupdict().get("i")
+  return None, None
+
+
+def to_ours(tensors: Mapping[str, np.ndarray], rules: list[Rule], cfg: Any = None,
+            ignore: Iterable[str] = ()) -> dict:
+  """Foreign flat tensors → our nested params dict."""
+  skip = [re.compile(p) for p in ignore]
+  flat, unclaimed = {}, []
+  for name, value in tensors.items():
+    rule, i = _match(name, rules, "theirs")
+    if rule is None:
+      if not any(p.search(name) for p in skip):
+        unclaimed.append(name)
+      continue
+    ours = rule.ours.replace("{i}", i) if i is not None else rule.ours
+    flat[ours] = rule.to_ours(np.asarray(value), cfg)
+  if unclaimed:
+    raise ValueError(f"no conversion rule for tensors: {', '.join(sorted(unclaimed)[:10])}"
+                     f"{' ...' if len(unclaimed) > 10 else ''}")
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def to_theirs(params: Mapping, rules: list[Rule], cfg: Any = None) -> dict[str, np.ndarray]:
+  """Our nested params → foreign flat tensors."""
+  out, unclaimed = {}, []
+  for path, value in traverse_util.flatten_dict(params, sep="/").items():
+    rule, i = _match(path, rules, "ours")
+    if rule is None:
+      unclaimed.append(path)
+      continue
+    name = rule.theirs.replace("{i}", i) if i is not None else rule.theirs
+    out[name] = rule.to_theirs(np.asarray(value), cfg)
+  if unclaimed:
+    raise ValueError(f"no conversion rule for params: {', '.join(sorted(unclaimed)[:10])}")
+  return out
+
+
+def check_complete(params: Mapping, expected: Mapping) -> None:
+  """Raise naming every missing, extra or wrongly-shaped parameter."""
+  got = traverse_util.flatten_dict(params, sep="/")
+  want = traverse_util.flatten_dict(expected, sep="/")
+  problems = [f"missing {k}" for k in want.keys() - got.keys()]
+  problems += [f"unexpected {k}" for k in got.keys() - want.keys()]
+  problems += [f"{k}: shape {np.shape(got[k])} but the model needs {np.shape(want[k])}"
+               for k in want.keys() & got.keys() if np.shape(got[k]) != np.shape(want[k])]
+  if problems:
+    raise ValueError("checkpoint does not fit the model: " + "; ".join(sorted(problems)[:12]))

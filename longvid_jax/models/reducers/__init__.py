@@ -1,0 +1,27 @@
+"""Token reducers: the compression step between the vision encoder and the projector.
+
+Every reducer is a linen module built from its config and called as
+
+    out = reducer(tokens, query=None, deterministic=True)   # tokens[B,T,H,W,C]
+
+returning `Reduced(tokens[B,N,C], mask[B,N], losses)`. N is static for a given input grid
+(`reducer.num_tokens(T, H, W)`), so everything jits; reducers whose output length varies per
+sample mark padding with `mask=False`. Reducers that are autoencoders also implement
+`reconstruction_loss(tokens) -> (loss, metrics)`, which the AE-pretraining stage optimises.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+from longvid_jax.registry import Registry
+
+REDUCERS = Registry("token reducer")
+
+
+@flax.struct.dataclass
+class Reduced:
+  tokens: jax.Array  # [B,N,C], time-major order
+  mask: jax.Array  # [B,N] bool, True on real tokens
+  losses: dict  # extra scalar training losses (e.g. {"kl": ...}); often empty

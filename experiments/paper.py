@@ -1,0 +1,70 @@
+"""The paper's recipe: AE pretraining → projector alignment → joint training → SFT.
+
+`get_config()` is the full-size model (SigLIP-so400m + SVC 4×4×4 + Qwen2-7B); variants:
+  runlocal   the same recipe with small models, few steps and small batches, for one CPU.
+"""
+
+import pathlib
+
+import ml_collections
+
+from longvid_jax import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STAGES = ("ae_pretrain", "align", "joint", "sft")
+
+
+def stage(name: str) -> ml_collections.ConfigDict:
+  return config_lib.load(str(ROOT / "configs" / "stages" / f"{name}.py"))
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.recipe = STAGES
+  c.stages = ml_collections.ConfigDict({name: stage(name) for name in STAGES})
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = ml_collections.ConfigDict(dict(
+      name="siglip", preset="so400m-patch14-384", args={}, weights=None))
+  c.model.reducer = ml_collections.ConfigDict(dict(
+      name="svc", args=dict(strides=(4, 4, 4), bottleneck=1152, constraint="residual")))
+  c.model.projector = ml_collections.ConfigDict(dict(depth=2))
+  c.model.llm = ml_collections.ConfigDict(dict(
+      args=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                num_heads=28, num_kv_heads=4, rope_theta=1e6, rms_eps=1e-6,
+                tie_embeddings=False, qkv_bias=True, dtype="bfloat16"),
+      weights=None))
+  c.model.tokenizer = "qwen_tiktoken"
+  c.model.train_encoder = False
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic", num_videos=20000, heldout_fraction=0.05, seed=0,
+      shots_per_video=8, frames_per_shot=16, num_frames=32, image_size=384, seq_len=2048))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = None  # None: longvid_jax.parallel.mesh.DEFAULT_RULES
+
+  if arg == "runlocal":
+    runlocal(c)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r}; use runlocal or nothing")
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrink sizes and steps so the whole recipe runs on a laptop CPU in minutes."""
+  c.model.encoder.preset = "tiny"
+  c.model.reducer.args.bottleneck = 32
+  c.model.llm.args = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
+                          num_heads=4, num_kv_heads=2, rope_theta=1e5, rms_eps=1e-5,
+                          tie_embeddings=True, qkv_bias=False, dtype="float32")
+  c.model.tokenizer = "gguf:smollm2_135m_instruct_gguf"
+  c.data.update(num_videos=400, shots_per_video=4, frames_per_shot=8, num_frames=8,
+                image_size=64, seq_len=96)
+  c.mesh.data = 1
+  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 60, 3e-3, 8),
+                              ("joint", 60, 1e-3, 8), ("sft", 60, 1e-3, 8)):
+    s = c.stages[name]
+    s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=5,
+             checkpoint_every=20)

@@ -25,3 +25,9 @@ class Reduced:
   tokens: jax.Array  # [B,N,C], time-major order
   mask: jax.Array  # [B,N] bool, True on real tokens
   losses: dict  # extra scalar training losses (e.g. {"kl": ...}); often empty
+
+
+# Importing the implementations registers them.
+from longvid_jax.models.reducers import svc  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from longvid_jax.models.reducers import (  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+    fila, longvu, perceiver, pooling, tome)

@@ -1,0 +1,100 @@
+"""Multimodal composition: placeholder splicing, answer-only loss, prompt building."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from longvid_jax.data import prompts
+from longvid_jax.models.llm import DecoderLM, LLMConfig
+from longvid_jax.models.mllm import VideoLLM, lm_loss
+from longvid_jax.models.projector import MLPProjector
+from longvid_jax.models.reducers.svc import SVC
+
+VID = 99
+
+
+class _Identity(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return x
+
+
+def _model():
+  llm = DecoderLM(LLMConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1))
+  return VideoLLM(encoder=_Identity(), reducer=SVC(strides=(2, 2, 2), bottleneck=4),
+                  projector=MLPProjector(16), llm=llm, video_token_id=VID)
+
+
+def test_splice_puts_visual_tokens_in_order_at_placeholders():
+  m = _model()
+  ids = jnp.array([[1, 2, VID, VID, VID, 3, 0, 0], [VID, VID, VID, 4, 5, 6, 7, 0]])
+  am = jnp.array([[1] * 6 + [0, 0], [1] * 7 + [0]])
+  visual = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  vmask = jnp.array([[True, True, True], [True, False, True]])
+  feats = jnp.zeros((2, 2, 2, 2, 3))
+  params = m.init(jax.random.key(1), ids, am, features=feats)
+  embeds, mask = m.apply(params, ids, am, visual, vmask, method=VideoLLM.splice)
+  text = m.apply(params, jnp.where(ids == VID, 0, ids), method=lambda mm, i: mm.llm.embed(i))
+  e, t, v = map(np.asarray, (embeds, text, visual))
+  np.testing.assert_array_equal(e[0, 2:5], v[0])
+  np.testing.assert_array_equal(e[1, 0:3], v[1])
+  np.testing.assert_array_equal(e[0, [0, 1, 5]], t[0, [0, 1, 5]])
+  np.testing.assert_array_equal(e[1, 3:], t[1, 3:])
+  # a masked visual token is hidden from attention; padding stays hidden
+  np.testing.assert_array_equal(np.asarray(mask[1]), [1, 0, 1, 1, 1, 1, 1, 0])
+  np.testing.assert_array_equal(np.asarray(mask[0]), np.asarray(am[0]).astype(bool))
+
+
+def test_logits_depend_on_video_only_through_placeholders():
+  m = _model()
+  ids = jnp.array([[1, VID, VID, 3, 4]])
+  am = jnp.ones_like(ids)
+  f1 = jax.random.normal(jax.random.key(0), (1, 4, 4, 2, 8))
+  f2 = jax.random.normal(jax.random.key(1), (1, 4, 4, 2, 8))
+  params = m.init(jax.random.key(1), ids, am, features=f1)
+  l1 = m.apply(params, ids, am, features=f1)
+  l2 = m.apply(params, ids, am, features=f2)
+  np.testing.assert_array_equal(np.asarray(l1[0, 0]), np.asarray(l2[0, 0]))  # before the video
+  assert np.abs(np.asarray(l1[0, 3:] - l2[0, 3:])).max() > 1e-4  # after it
+
+
+def test_lm_loss_counts_answer_tokens_only():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(1, 6, 10)), jnp.float32)
+  ids = jnp.array([[1, 2, 3, 4, 5, 6]])
+  mask = jnp.array([[0, 0, 0, 1, 1, 0]])
+  loss, _ = lm_loss(logits, ids, mask)
+  logp = jax.nn.log_softmax(logits, -1)
+  expected = -(logp[0, 2, 4] + logp[0, 3, 5]) / 2  # targets 4 and 5, predicted at 2 and 3
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  other = ids.at[0, 1].set(9).at[0, 5].set(0)  # change non-target tokens only
+  np.testing.assert_allclose(lm_loss(logits, other, mask)[0], loss, rtol=1e-6)
+
+
+class _CharTok:
+  """A transparent stand-in tokenizer: one id per character, ChatML-like template."""
+  video_token_id = 1000
+  pad_id = 0
+
+  def encode(self, text):
+    return [ord(c) for c in text]
+
+  def apply_chat_template(self, messages, add_generation_prompt):
+    s = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
+    return s + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_prompt_expands_placeholder_and_masks_answer():
+  tok = _CharTok()
+  ex = prompts.encode_example(tok, "What?", "red", num_visual=5, seq_len=64)
+  ids = ex["input_ids"][ex["attention_mask"] == 1]
+  assert (ids == tok.video_token_id).sum() == 5
+  answer = "".join(chr(i) for i in ex["input_ids"][ex["loss_mask"] == 1])
+  assert answer == "red</>"
+  assert ex["attention_mask"].sum() == len(ids) and ex["input_ids"][len(ids):].tolist() == [0] * (
+      64 - len(ids))
+  with pytest.raises(ValueError, match="seq_len"):
+    prompts.encode_example(tok, "What?", "red", num_visual=60, seq_len=64)

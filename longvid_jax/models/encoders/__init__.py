@@ -7,3 +7,15 @@ Video models fold time into the batch before the encoder and unfold it after.
 from longvid_jax.registry import Registry
 
 ENCODERS = Registry("vision encoder")
+
+# Importing the implementations registers them (after ENCODERS exists: they import it).
+from longvid_jax.models.encoders import efficientnet, siglip  # noqa: E402,F401
+
+
+def build(name: str, preset: str | None = None, **overrides):
+  """An encoder module from its registry name, a preset of its config class, and overrides."""
+  import typing  # pylint: disable=g-import-not-at-top
+  cls = ENCODERS.get(name)
+  cfg_cls = typing.get_type_hints(cls)["cfg"]
+  cfg = cfg_cls.preset(preset, **overrides) if preset else cfg_cls(**overrides)
+  return cls(cfg)

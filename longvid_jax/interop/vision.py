@@ -1,0 +1,358 @@
+"""Vision encoder checkpoints ↔ our Flax params: SigLIP (HF safetensors) and EfficientNet-Lite0.
+
+SigLIP: a Hugging Face `SiglipVisionModel` directory, or a full `SiglipModel` one (tensors under
+`vision_model.`, text tower ignored), single-file or sharded safetensors, is read with the
+`safetensors` package alone; export writes config.json + model.safetensors that
+`SiglipVisionModel.from_pretrained` loads. Neither direction needs torch or transformers.
+
+EfficientNet-Lite0: an efficientnet_pytorch-style state dict (`_conv_stem`, `_blocks.N...`) is
+read once with torch.load(weights_only=True), converted and cached as safetensors keyed by the
+file's content hash, so later runs need no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from longvid_jax.interop import tables
+from longvid_jax.interop.tables import Rule
+
+
+# --- hooks ----------------------------------------------------------------------------------------
+
+def _want_ndim(x: np.ndarray, ndim: int, what: str) -> None:
+  if x.ndim != ndim:
+    raise ValueError(f"{what} must have {ndim} dims, got shape {x.shape}")
+
+
+def _linear_in(x: np.ndarray, cfg: Any) -> np.ndarray:
+  """torch Linear weight[out,in] → Dense kernel[in,out]."""
+  _want_ndim(x, 2, "a Linear weight")
+  return tables.transpose(x, cfg)
+
+
+def _linear_out(x: np.ndarray, cfg: Any) -> np.ndarray:
+  return tables.transpose(x, cfg)
+
+
+def _conv_in(x: np.ndarray, cfg: Any) -> np.ndarray:
+  """torch Conv2d weight[O,I,kh,kw] → HWIO kernel[kh,kw,I,O]."""
+  del cfg
+  _want_ndim(x, 4, "a Conv2d weight")
+  return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
+
+
+def _conv_out(x: np.ndarray, cfg: Any) -> np.ndarray:
+  del cfg
+  return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+
+
+# --- reading and writing safetensors --------------------------------------------------------------
+
+def _looks_like_hub_id(source: str) -> bool:
+  return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not source.startswith(".")
+
+
+def resolve_model_dir(source: str | os.PathLike) -> pathlib.Path:
+  """A local file/directory, else a hub id fetched with huggingface_hub (config + safetensors)."""
+  path = pathlib.Path(source).expanduser()
+  if path.exists():
+    return path
+  if isinstance(source, str) and _looks_like_hub_id(source):
+    try:
+      from huggingface_hub import snapshot_download
+      return pathlib.Path(snapshot_download(
+          source, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"]))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no package: one clear message
+      raise FileNotFoundError(
+          f"{source!r} is neither a local path nor a reachable Hugging Face model ({e}); "
+          "pass a directory holding config.json and *.safetensors") from None
+  raise FileNotFoundError(f"model path does not exist: {path}; pass a directory holding "
+                          "config.json and model.safetensors (or a sharded index)")
+
+
+def _read_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  out = {}
+  try:
+    with safe_open(str(path), framework="numpy") as f:
+      for name in f.keys():
+        try:
+          out[name] = f.get_tensor(name)
+        except TypeError:  # bfloat16 has no numpy dtype: go through jax, upcast
+          with safe_open(str(path), framework="flax") as g:
+            out[name] = np.asarray(g.get_tensor(name))
+  except (OSError, ValueError, RuntimeError) as e:
+    raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+  except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad headers
+    if type(e).__name__ == "SafetensorError":
+      raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    raise
+  # params stay float32 whatever the checkpoint stores (bf16/fp16 hub files)
+  return {k: (v.astype(np.float32) if v.dtype != np.float32 and v.dtype.kind in "fV" else v)
+          for k, v in out.items()}
+
+
+def read_safetensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a .safetensors file, or of a directory (single file or sharded index);
+  floating tensors come back as float32."""
+  path = pathlib.Path(source)
+  if path.is_file():
+    return _read_file(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no such file or directory: {path}")
+  index = path / "model.safetensors.index.json"
+  if index.is_file():
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"{index} is not a safetensors index (no weight_map: {e})") from None
+    out = {}
+    for shard in sorted(set(weight_map.values())):
+      if not (path / shard).is_file():
+        raise FileNotFoundError(f"{index} lists shard {shard}, which is missing from {path}")
+      out.update(_read_file(path / shard))
+    return out
+  single = path / "model.safetensors"
+  files = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors in {path} (PyTorch .bin checkpoints are not read: "
+                            "re-save the model with safe_serialization=True)")
+  out = {}
+  for f in files:
+    out.update(_read_file(f))
+  return out
+
+
+def _flat_f32(params: Mapping) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v, np.float32)
+          for k, v in traverse_util.flatten_dict(nn.unbox(params), sep="/").items()}
+
+
+def _save_safetensors(tensors: Mapping[str, np.ndarray], target: pathlib.Path) -> None:
+  from safetensors.numpy import save_file
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+            metadata={"format": "pt"})
+  os.replace(tmp, target)  # a killed write never leaves a half file
+
+
+# --- SigLIP ---------------------------------------------------------------------------------------
+
+def siglip_rules() -> list[Rule]:
+  """Our param paths ↔ HF SiglipVisionModel tensor names (without any `vision_model.` prefix)."""
+  lin = lambda ours, theirs: [  # noqa: E731
+      Rule(f"{ours}/kernel", f"{theirs}.weight", _linear_in, _linear_out),
+      Rule(f"{ours}/bias", f"{theirs}.bias")]
+  ln = lambda ours, theirs: [  # noqa: E731
+      Rule(f"{ours}/scale", f"{theirs}.weight"), Rule(f"{ours}/bias", f"{theirs}.bias")]
+  out = [
+      Rule("embeddings/patch_embedding/kernel", "embeddings.patch_embedding.weight",
+           _conv_in, _conv_out),
+      Rule("embeddings/patch_embedding/bias", "embeddings.patch_embedding.bias"),
+      Rule("embeddings/position_embedding/embedding", "embeddings.position_embedding.weight"),
+      *ln("post_layernorm", "post_layernorm"),
+      Rule("head/probe", "head.probe"),
+      Rule("head/in_proj_kernel", "head.attention.in_proj_weight", _linear_in, _linear_out),
+      Rule("head/in_proj_bias", "head.attention.in_proj_bias"),
+      *lin("head/out_proj", "head.attention.out_proj"),
+      *ln("head/layernorm", "head.layernorm"),
+      *lin("head/mlp/fc1", "head.mlp.fc1"),
+      *lin("head/mlp/fc2", "head.mlp.fc2"),
+  ]
+  for ours, theirs in [("layers_{i}/layer_norm1", "encoder.layers.{i}.layer_norm1"),
+                       ("layers_{i}/layer_norm2", "encoder.layers.{i}.layer_norm2")]:
+    out += ln(ours, theirs)
+  for name in ["q_proj", "k_proj", "v_proj", "out_proj"]:
+    out += lin(f"layers_{{i}}/self_attn/{name}", f"encoder.layers.{{i}}.self_attn.{name}")
+  for name in ["fc1", "fc2"]:
+    out += lin(f"layers_{{i}}/mlp/{name}", f"encoder.layers.{{i}}.mlp.{name}")
+  return out
+
+
+def siglip_expected_shapes(cfg) -> dict:
+  from longvid_jax.models.encoders.siglip import SiglipVisionEncoder
+  s = cfg.image_size
+  shapes = jax.eval_shape(lambda: SiglipVisionEncoder(cfg).init(
+      jax.random.key(0), jnp.zeros((1, s, s, cfg.num_channels))))["params"]
+  return nn.unbox(shapes)
+
+
+def siglip_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg) -> dict:
+  """HF tensors (SiglipVisionModel names, optionally under `vision_model.` as in SiglipModel)
+  → our params, checked name by name and shape by shape against the model `cfg` describes."""
+  tensors = dict(tensors)
+  if any(k.startswith("vision_model.") for k in tensors):
+    tensors = {k[len("vision_model."):]: v for k, v in tensors.items()
+               if k.startswith("vision_model.")}
+  ignore = [] if cfg.use_head else [r"^head\."]
+  params = tables.to_ours(tensors, siglip_rules(), cfg, ignore=ignore)
+  tables.check_complete(params, siglip_expected_shapes(cfg))
+  return params
+
+
+def siglip_to_hf_tensors(params: Mapping, cfg, prefix: str = "") -> dict[str, np.ndarray]:
+  """Our params → HF SiglipVisionModel tensors (float32), names optionally prefixed."""
+  tensors = tables.to_theirs(_flat_nested(params), siglip_rules(), cfg)
+  return {prefix + k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def _flat_nested(params: Mapping) -> dict:
+  return traverse_util.unflatten_dict(_flat_f32(params), sep="/")
+
+
+def import_siglip(source: str | os.PathLike, **overrides):
+  """HF SigLIP directory (or hub id) → (params, SiglipConfig).
+
+  `overrides` set SiglipConfig fields the checkpoint does not fix: select_layer, dtype, and
+  use_head=False to drop the pooling head.
+  """
+  from longvid_jax.models.encoders.siglip import SiglipConfig
+  path = resolve_model_dir(source)
+  root = path if path.is_dir() else path.parent
+  cfg = SiglipConfig.from_hf(root, **overrides)
+  tensors = read_safetensors(path)
+  if cfg.use_head and not any(re.match(r"^(vision_model\.)?head\.", k) for k in tensors):
+    if "use_head" in overrides:
+      raise ValueError(f"{path}: use_head=True but the checkpoint has no pooling head")
+    import dataclasses
+    cfg = dataclasses.replace(cfg, use_head=False)
+  try:
+    params = siglip_from_hf_tensors(tensors, cfg)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+  return params, cfg
+
+
+def export_siglip(params: Mapping, cfg, out_dir: str | os.PathLike,
+                  prefix: str = "") -> pathlib.Path:
+  """Write config.json + model.safetensors loadable by `SiglipVisionModel.from_pretrained`.
+
+  `prefix="vision_model."` writes the layout older transformers releases expect; the installed
+  one reads both."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+  if not cfg.use_head:
+    flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+  params = traverse_util.unflatten_dict(flat, sep="/")
+  tables.check_complete(_flat_nested(params), siglip_expected_shapes(cfg))
+  _save_safetensors(siglip_to_hf_tensors(params, cfg, prefix), out / "model.safetensors")
+  (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2) + "\n")
+  return out
+
+
+# --- EfficientNet-Lite0 ---------------------------------------------------------------------------
+
+def _bn(ours: str, theirs: str) -> list[Rule]:
+  return [Rule(f"{ours}/{a}", f"{theirs}.{b}") for a, b in
+          [("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")]]
+
+
+def efficientnet_rules() -> list[Rule]:
+  """Our param paths ↔ efficientnet_pytorch state-dict names (`_conv_stem`, `_blocks.N...`)."""
+  def conv(ours: str, theirs: str) -> Rule:
+    return Rule(f"{ours}/kernel", f"{theirs}.weight", _conv_in, _conv_out)
+
+  out = [conv("conv_stem", "_conv_stem"), *_bn("bn0", "_bn0"),
+         conv("conv_head", "_conv_head"), *_bn("bn1", "_bn1")]
+  for name in ["expand_conv", "depthwise_conv", "project_conv"]:
+    out.append(conv(f"blocks_{{i}}/{name}", f"_blocks.{{i}}._{name}"))
+  for name in ["bn0", "bn1", "bn2"]:
+    out += _bn(f"blocks_{{i}}/{name}", f"_blocks.{{i}}._{name}")
+  return out
+
+
+# the classifier is not part of a frame encoder; BN step counters carry no weights
+EFFICIENTNET_IGNORE = [r"num_batches_tracked$", r"^_fc\."]
+
+
+def efficientnet_expected_shapes() -> dict:
+  from longvid_jax.models.encoders.efficientnet import EfficientNetConfig, EfficientNetLite0
+  cfg = EfficientNetConfig(image_size=32)  # params do not depend on the image size
+  shapes = jax.eval_shape(lambda: EfficientNetLite0(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
+  return nn.unbox(shapes)
+
+
+def efficientnet_from_torch_state_dict(state: Mapping[str, Any]) -> dict:
+  """efficientnet_pytorch-style Lite0 state dict (tensors or arrays) → our params, checked."""
+  arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+            for k, v in state.items()}
+  params = tables.to_ours(arrays, efficientnet_rules(), ignore=EFFICIENTNET_IGNORE)
+  tables.check_complete(params, efficientnet_expected_shapes())
+  return params
+
+
+def efficientnet_to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
+  """Our params → efficientnet_pytorch names (no classifier, no step counters)."""
+  return tables.to_theirs(_flat_nested(params), efficientnet_rules())
+
+
+def _digest(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()[:16]
+
+
+def efficientnet_converted_path(source: str | os.PathLike) -> pathlib.Path:
+  from longvid_jax.assets import cache_dir
+  name = f"efficientnet_lite0-{_digest(pathlib.Path(source))}.safetensors"
+  return cache_dir() / "converted" / name
+
+
+def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
+  """Lite0 params from our .safetensors, or from a PyTorch .pth (converted once, then cached).
+
+  With no argument the ImageNet weights (offline asset `efficientnet_lite0`) are used.
+  """
+  from safetensors.numpy import load_file
+  if source is None:
+    from longvid_jax.assets import asset
+    source = asset("efficientnet_lite0")
+  source = pathlib.Path(source)
+  if not source.is_file():
+    raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {source} (pass a PyTorch "
+                            ".pth state dict or a converted .safetensors file)")
+  if source.suffix == ".safetensors":
+    params = traverse_util.unflatten_dict(read_safetensors(source), sep="/")
+  else:
+    target = efficientnet_converted_path(source)
+    if target.is_file():
+      params = traverse_util.unflatten_dict(load_file(str(target)), sep="/")
+    else:
+      try:
+        import torch
+      except ImportError:
+        raise ImportError(f"converting {source} needs PyTorch once (pip install torch); or pass "
+                          "an already converted .safetensors file") from None
+      try:
+        state = torch.load(str(source), map_location="cpu", weights_only=True)
+      except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{source} is not a readable PyTorch state dict ({e})") from None
+      if not isinstance(state, Mapping):
+        raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict")
+      try:
+        params = efficientnet_from_torch_state_dict(state)
+      except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+      _save_safetensors(traverse_util.flatten_dict(params, sep="/"), target)
+  try:
+    tables.check_complete(params, efficientnet_expected_shapes())
+  except ValueError as e:
+    raise ValueError(f"{source}: {e}") from None
+  return params

@@ -56,15 +56,15 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   """Shrink sizes and steps so the whole recipe runs on a laptop CPU in minutes."""
   c.model.encoder.preset = "tiny"
   c.model.reducer.args.bottleneck = 32
-  c.model.llm.args = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
-                          num_heads=4, num_kv_heads=2, rope_theta=1e5, rms_eps=1e-5,
-                          tie_embeddings=True, qkv_bias=False, dtype="float32")
+  # a real pretrained instruct LLM that ships offline (GGUF, dequantised at load)
+  c.model.llm.weights = "smollm2_135m_instruct_gguf"
+  c.model.llm.args = dict(dtype="float32")
   c.model.tokenizer = "gguf:smollm2_135m_instruct_gguf"
   c.data.update(num_videos=400, shots_per_video=4, frames_per_shot=8, num_frames=8,
                 image_size=64, seq_len=96)
   c.mesh.data = 1
-  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 60, 3e-3, 8),
-                              ("joint", 60, 1e-3, 8), ("sft", 60, 1e-3, 8)):
+  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 30, 2e-3, 4),
+                              ("joint", 30, 5e-5, 4), ("sft", 30, 5e-5, 4)):
     s = c.stages[name]
     s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=5,
              checkpoint_every=20)

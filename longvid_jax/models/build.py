@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from longvid_jax.models import encoders as encoders_lib
 from longvid_jax.models import reducers as reducers_lib
@@ -28,8 +31,24 @@ def encoder(cfg) -> nn.Module:
                             **dict(cfg.encoder.get("args") or {}))
 
 
+@functools.lru_cache(maxsize=2)
+def _pretrained_llm(source: str):
+  from longvid_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  log.info("loading LLM weights from %s", source)
+  params, llm_cfg, _ = hf.import_llm(source, tokenizer=False)
+  return params, llm_cfg
+
+
+def llm_config(cfg) -> LLMConfig:
+  """From the checkpoint when `llm.weights` names one (`llm.args` may override e.g. dtype)."""
+  args = dict(cfg.llm.get("args") or {})
+  if cfg.llm.get("weights"):
+    return dataclasses.replace(_pretrained_llm(cfg.llm.weights)[1], **args)
+  return LLMConfig(**args)
+
+
 def model(cfg, tok) -> VideoLLM:
-  llm_cfg = LLMConfig(**dict(cfg.llm.args))
+  llm_cfg = llm_config(cfg)
   reducer = reducers_lib.REDUCERS.get(cfg.reducer.name)(**dict(cfg.reducer.get("args") or {}))
   return VideoLLM(
       encoder=encoder(cfg), reducer=reducer,
@@ -78,5 +97,9 @@ def init_params(m: VideoLLM, config, num_visual: int, abstract, shardings):
     return nn.unbox(v)["params"]
 
   params = jax.jit(init, out_shardings=shardings)()
-  del abstract
+  if config.model.llm.get("weights"):
+    pretrained, _ = _pretrained_llm(config.model.llm.weights)
+    params["llm"] = jax.device_put(
+        jax.tree.map(lambda p, a: np.asarray(p, a.dtype), pretrained, abstract["llm"]),
+        shardings["llm"])
   return params

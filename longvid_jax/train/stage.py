@@ -36,8 +36,8 @@ class StageResult:
   name: str
   status: str  # done | skipped
   steps: int = 0
-  first_loss: float | None = None
-  final_loss: float | None = None
+  first_loss: float | None = None  # mean over the first quarter of logged steps
+  final_loss: float | None = None  # mean over the last quarter
   seconds: float = 0.0
   checkpoint: str | None = None
   note: str | None = None
@@ -121,9 +121,11 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   writer.close()
   save_params(stage_dir / "params", state["params"])
   rows = writer.rows
+  k = max(1, len(rows) // 4)  # average a window: single small batches are noisy
   result = StageResult(
       name=name, status="done", steps=cfg.steps,
-      first_loss=rows[0]["loss"] if rows else None, final_loss=rows[-1]["loss"] if rows else None,
+      first_loss=float(np.mean([r["loss"] for r in rows[:k]])),
+      final_loss=float(np.mean([r["loss"] for r in rows[-k:]])),
       seconds=round(rows[-1]["elapsed"] if rows else time.time() - t_start, 2),
       checkpoint=str((stage_dir / "params").absolute()))
   (stage_dir / "DONE.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))

@@ -1,0 +1,21 @@
+"""The demo recipe shrunk further for tests: a few steps per stage, 32-pixel frames."""
+
+import pathlib
+
+from longvid_jax import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def get_config(arg=None):
+  del arg
+  c = config_lib.load(str(ROOT / "configs" / "demo.py"))
+  c.model.encoder.args = dict(image_size=32, num_layers=1, hidden_size=32, intermediate_size=64)
+  c.model.reducer.args.bottleneck = 8
+  c.model.llm.weights = None  # a tiny random LLM: fast, but alignment has nothing to align to
+  c.model.llm.args = dict(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=1,
+                          num_heads=4, num_kv_heads=2, rope_theta=1e5)
+  c.data.update(num_videos=40, num_frames=4, image_size=32, seq_len=80)
+  for s in c.stages.values():
+    s.update(steps=12, batch_size=2, log_every=1, checkpoint_every=2, warmup_steps=1, lr=1e-2)
+  return c

@@ -64,7 +64,7 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
                 image_size=64, seq_len=96)
   c.mesh.data = 1
   for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 30, 2e-3, 4),
-                              ("joint", 30, 5e-5, 4), ("sft", 30, 5e-5, 4)):
+                              ("joint", 30, 5e-5, 2), ("sft", 30, 5e-5, 2)):
     s = c.stages[name]
-    s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=5,
-             checkpoint_every=20)
+    s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=2,
+             checkpoint_every=10)

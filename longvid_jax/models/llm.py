@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,14 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+_HF_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
+  """Shape of a Llama / Qwen2 decoder. The family follows from `qkv_bias`: Qwen2 always has
+  q/k/v biases and Llama never does, so the two are the same network otherwise."""
+
   vocab_size: int = 49152
   hidden_size: int = 576
   intermediate_size: int = 1536
@@ -31,16 +38,116 @@ class LLMConfig:
   tie_embeddings: bool = True
   qkv_bias: bool = False  # Qwen2 has q/k/v biases, Llama does not
   max_position: int = 8192
-  dtype: str = "float32"  # compute dtype; params stay float32
+  dtype: str = "float32"  # compute dtype; params keep the dtype they were created or loaded in
 
   @property
   def dim_per_head(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
 
+  @property
+  def family(self) -> str:
+    return "qwen2" if self.qkv_bias else "llama"
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.dim_per_head % 2:
+      raise ValueError(f"head_dim={self.dim_per_head} must be even for rotary embeddings")
+
+  @classmethod
+  def from_hf(cls, config: Any, dtype: str = "float32") -> LLMConfig:
+    """From a transformers config (a `PretrainedConfig` or its dict / config.json contents).
+
+    Features this decoder does not implement are refused rather than silently dropped, since
+    they change the outputs.
+    """
+    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    model_type = c.get("model_type")
+    if model_type not in _HF_ARCH:
+      archs = c.get("architectures") or []
+      raise ValueError(f"unsupported model_type {model_type!r} (architectures {archs}); this "
+                       f"decoder covers {sorted(_HF_ARCH)} (Qwen2ForCausalLM, LlamaForCausalLM)")
+    if c.get("use_sliding_window"):
+      raise ValueError(
+          "config enables sliding-window attention (use_sliding_window=true), which this decoder "
+          "does not implement; use a checkpoint with full attention or set use_sliding_window "
+          "to false if the model was trained without it")
+    layer_types = c.get("layer_types") or []
+    if any(t != "full_attention" for t in layer_types):
+      raise ValueError(f"config has non-full attention layers {sorted(set(layer_types))}; only "
+                       "full attention is implemented")
+    if c.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"hidden_act={c['hidden_act']!r} is not supported; expected 'silu'")
+    if model_type == "llama" and (c.get("attention_bias") or c.get("mlp_bias")):
+      raise ValueError("Llama configs with attention_bias or mlp_bias are not supported")
+    rope = dict(c.get("rope_parameters") or {})
+    scaling = c.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
+    if rope_type not in (None, "default"):
+      raise ValueError(f"rope scaling {rope_type!r} is not supported; only default RoPE")
+    theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+    n_heads = c["num_attention_heads"]
+    head_dim = c.get("head_dim")
+    if head_dim == c["hidden_size"] // n_heads:
+      head_dim = None
+    return cls(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
+        num_heads=n_heads, num_kv_heads=c.get("num_key_value_heads") or n_heads,
+        head_dim=head_dim, rope_theta=float(theta), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),  # both classes default to untied
+        qkv_bias=model_type == "qwen2",
+        max_position=int(c.get("max_position_embeddings", 8192)), dtype=dtype)
+
+  def to_hf(self) -> dict[str, Any]:
+    """config.json contents that transformers loads as Qwen2ForCausalLM / LlamaForCausalLM."""
+    c = {
+        "architectures": [_HF_ARCH[self.family]], "model_type": self.family,
+        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+        "hidden_act": "silu", "max_position_embeddings": self.max_position,
+        "rms_norm_eps": self.rms_eps, "tie_word_embeddings": self.tie_embeddings,
+        "rope_theta": self.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+        "attention_dropout": 0.0, "use_cache": True,
+    }
+    if self.family == "llama":
+      c.update(head_dim=self.dim_per_head, attention_bias=False, mlp_bias=False)
+    else:
+      if self.head_dim not in (None, self.hidden_size // self.num_heads):
+        raise ValueError("Qwen2 configs in transformers cannot express head_dim != "
+                         "hidden_size // num_heads")
+      c.update(use_sliding_window=False, sliding_window=None,
+               layer_types=["full_attention"] * self.num_layers)
+    return c
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys / values of every layer in fixed-size slots, so decoding is shape-static.
+
+  k[i], v[i]: [B,S,Nkv,H]; mask[B,S] marks filled slots that hold real (non-pad) tokens;
+  index is the next slot to write.
+  """
+
+  k: tuple
+  v: tuple
+  mask: Array
+  index: Array
+
+  @classmethod
+  def init(cls, cfg: LLMConfig, batch: int, size: int, dtype: Any = None) -> KVCache:
+    dt = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch, size, cfg.num_kv_heads, cfg.dim_per_head)
+    zeros = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers))
+    return cls(k=zeros, v=tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers)),
+               mask=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32))
+
+  @property
+  def size(self) -> int:
+    return self.mask.shape[1]
 
 
 def _dense(features: int, axes: tuple[str, str], bias: bool, dtype: Any, name: str) -> nn.Dense:
@@ -78,7 +185,9 @@ class Attention(nn.Module):
   cfg: LLMConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, mask: Array, kv=None, index=None):
+    """mask[B,L,S] over keys; with `kv` (cache k, v [B,S,Nkv,H]) the new keys are written at
+    slot `index` and attention runs over the whole cache, returning (out, (k, v))."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     hd = cfg.dim_per_head
     b, l, _ = x.shape
@@ -89,9 +198,15 @@ class Attention(nn.Module):
     k = rope(k.reshape(b, l, cfg.num_kv_heads, hd), positions, cfg.rope_theta)
     v = v.reshape(b, l, cfg.num_kv_heads, hd)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
+    if kv is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+      kv = (k, v)
+      k, v = k.astype(q.dtype), v.astype(q.dtype)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])  # GQA handled natively
     out = out.reshape(b, l, cfg.num_heads * hd)
-    return _dense(cfg.hidden_size, ("heads", "embed"), False, dt, "o_proj")(out)
+    out = _dense(cfg.hidden_size, ("heads", "embed"), False, dt, "o_proj")(out)
+    return out if kv is None else (out, kv)
 
 
 class MLP(nn.Module):
@@ -110,13 +225,17 @@ class DecoderLayer(nn.Module):
   cfg: LLMConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, mask: Array, kv=None, index=None):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     h = RMSNorm(cfg.rms_eps, dt, name="input_layernorm")(x)
-    x = x + Attention(cfg, name="self_attn")(h, positions, mask)
+    a = Attention(cfg, name="self_attn")(h, positions, mask, kv, index)
+    if kv is not None:
+      a, kv = a
+    x = x + a
     h = RMSNorm(cfg.rms_eps, dt, name="post_attention_layernorm")(x)
     x = x + MLP(cfg, name="mlp")(h)
-    return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    return x if kv is None else (x, kv)
 
 
 class DecoderLM(nn.Module):
@@ -139,18 +258,42 @@ class DecoderLM(nn.Module):
   def embed(self, tokens: Array) -> Array:
     return self.embed_tokens(tokens)
 
-  def __call__(self, embeds: Array, positions: Array, attention_mask: Array) -> Array:
-    """attention_mask[B,L] is 1 on real tokens; attention is causal over real tokens."""
+  def __call__(self, embeds: Array, positions: Array, attention_mask: Array,
+               cache: KVCache | None = None, last_only: bool = False):
+    """embeds[B,L,D], positions[B,L], attention_mask[B,L] (1 on real tokens) → logits[B,L,V].
+
+    Attention is causal over real tokens. With a `cache`, the L new tokens go into slots
+    cache.index.. and attend to every filled slot before them; returns (logits, cache).
+    `last_only` computes logits of the final position only (what decoding needs).
+    """
     l = embeds.shape[1]
-    causal = jnp.tril(jnp.ones((l, l), dtype=bool))
-    mask = causal[None] & attention_mask[:, None, :].astype(bool)  # [B,L,L]
+    valid = attention_mask.astype(bool)
+    if cache is None:
+      causal = jnp.tril(jnp.ones((l, l), dtype=bool))
+      mask = causal[None] & valid[:, None, :]  # [B,L,L]
+    else:
+      keys = jax.lax.dynamic_update_slice_in_dim(cache.mask, valid, cache.index, axis=1)
+      q_slot = cache.index + jnp.arange(l)
+      causal = jnp.arange(cache.size)[None, :] <= q_slot[:, None]  # [L,S]
+      mask = causal[None] & keys[:, None, :]
     x = nn.with_logical_constraint(embeds, ("act_batch", "act_len", "act_embed"))
-    for layer in self.layers:
-      x = layer(x, positions, mask)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      if cache is None:
+        x = layer(x, positions, mask)
+      else:
+        x, (k, v) = layer(x, positions, mask, (cache.k[i], cache.v[i]), cache.index)
+        new_k.append(k)
+        new_v.append(v)
+    if last_only:
+      x = x[:, -1:]
     x = self.norm(x)
     if self.cfg.tie_embeddings:
       logits = self.embed_tokens.attend(x)
     else:
       logits = self.lm_head(x)
-    return nn.with_logical_constraint(logits.astype(jnp.float32),
-                                      ("act_batch", "act_len", "act_vocab"))
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32),
+                                        ("act_batch", "act_len", "act_vocab"))
+    if cache is None:
+      return logits
+    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), mask=keys, index=cache.index + l)

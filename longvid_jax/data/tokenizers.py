@@ -1,0 +1,308 @@
+"""One small tokenizer interface over the formats real checkpoints ship.
+
+- Hugging Face tokenizer files (a local directory or hub id), through `transformers`;
+- the tokenizer inside a GGUF file, which `transformers` rebuilds from the metadata (slow, so the
+  rebuilt tokenizer is cached as HF files);
+- Qwen's tiktoken rank file, through `tiktoken`, with Qwen2's ChatML specials and template.
+
+All of them can gain a `<video>` placeholder special token, which the multimodal model replaces
+with visual embeddings.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+from typing import Sequence
+
+VIDEO_TOKEN = "<video>"
+# End-of-turn / end-of-text markers of the chat formats we know; a tokenizer stops on those it has.
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+class Tokenizer(abc.ABC):
+  """encode / decode / chat template plus the ids generation and prompt building need."""
+
+  @abc.abstractmethod
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Special-token strings in `text` (e.g. `<|im_start|>`) map to their single ids."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    ...
+
+  @abc.abstractmethod
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render a conversation as text, exactly as the model was trained to see it."""
+
+  @abc.abstractmethod
+  def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+    """Register never-split tokens (new ones get ids after the current vocab); returns ids."""
+
+  @property
+  @abc.abstractmethod
+  def special_tokens(self) -> dict[str, int]:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of ids in use, added tokens included (the model's embedding must be at least this)."""
+
+  @abc.abstractmethod
+  def save(self, out_dir: str | os.PathLike) -> None:
+    """Write Hugging Face tokenizer files that `AutoTokenizer.from_pretrained` reads."""
+
+  bos_id: int | None = None
+  eos_id: int | None = None
+  _pad_id: int | None = None
+
+  @property
+  def pad_id(self) -> int:
+    """Padding id; falls back to eos (pads are masked out, so any real id will do)."""
+    for i in (self._pad_id, self.eos_id):
+      if i is not None:
+        return i
+    return 0
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    """Ids that end generation: eos plus the chat end-of-turn markers this vocab has."""
+    ids = [self.eos_id] if self.eos_id is not None else []
+    specials = self.special_tokens
+    ids += [specials[t] for t in _STOP_TOKENS if t in specials]
+    return tuple(dict.fromkeys(ids))
+
+  @property
+  def video_token_id(self) -> int:
+    try:
+      return self.special_tokens[VIDEO_TOKEN]
+    except KeyError:
+      raise ValueError(f"this tokenizer has no {VIDEO_TOKEN} token; load it with "
+                       "add_video_token=True") from None
+
+  def token_id(self, token: str) -> int:
+    try:
+      return self.special_tokens[token]
+    except KeyError:
+      raise KeyError(f"{token!r} is not a special token of this tokenizer; known: "
+                     f"{sorted(self.special_tokens)[:20]}") from None
+
+
+# --- Hugging Face / GGUF ------------------------------------------------------------------------
+
+
+class HFTokenizer(Tokenizer):
+  """A `transformers` tokenizer (tokenizer files or GGUF metadata)."""
+
+  def __init__(self, tok, extra_stop_ids: Sequence[int] = ()):
+    self.tok = tok
+    self.bos_id = tok.bos_token_id
+    self.eos_id = tok.eos_token_id
+    self._pad_id = tok.pad_token_id
+    self._extra_stops = tuple(extra_stop_ids)
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    return list(self.tok.encode(text, add_special_tokens=add_special_tokens))
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    if not self.tok.chat_template:
+      raise ValueError("this tokenizer has no chat template; use a chat/instruct checkpoint or "
+                       "set tokenizer.tok.chat_template")
+    return self.tok.apply_chat_template(messages, tokenize=False,
+                                        add_generation_prompt=add_generation_prompt)
+
+  def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+    self.tok.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                replace_extra_special_tokens=False)
+    return [self.tok.convert_tokens_to_ids(t) for t in tokens]
+
+  @property
+  def special_tokens(self) -> dict[str, int]:
+    return {t.content: i for i, t in self.tok.added_tokens_decoder.items() if t.special}
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(super().stop_ids + self._extra_stops))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.tok)
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    self.tok.save_pretrained(str(out_dir))
+
+
+def has_hf_files(path: str | os.PathLike) -> bool:
+  p = pathlib.Path(path)
+  return any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
+def _generation_stops(path: pathlib.Path) -> list[int]:
+  f = path / "generation_config.json"
+  if not f.exists():
+    return []
+  eos = json.loads(f.read_text()).get("eos_token_id")
+  return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def from_hf(source: str | os.PathLike) -> HFTokenizer:
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(source).expanduser()
+  if path.is_dir() and not has_hf_files(path):
+    raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json / "
+                            "tokenizer_config.json / vocab.json)")
+  tok = AutoTokenizer.from_pretrained(str(source))
+  return HFTokenizer(tok, _generation_stops(path) if path.is_dir() else ())
+
+
+def from_gguf(file: str | os.PathLike) -> HFTokenizer:
+  """The tokenizer in a GGUF file's metadata. Rebuilding it takes ~20 s, so the result is cached
+  as HF files keyed by the GGUF file's name, size and mtime."""
+  from longvid_jax import assets  # pylint: disable=g-import-not-at-top
+  file = pathlib.Path(file).expanduser()
+  if not file.exists():
+    raise FileNotFoundError(f"GGUF file {file} does not exist")
+  st = file.stat()
+  key = hashlib.sha1(f"{file.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+  cached = assets.cache_dir() / "tokenizers" / f"{file.stem}-{key}"
+  if not (cached / "tokenizer.json").exists():
+    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+    try:
+      tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    except Exception as e:
+      raise ValueError(f"could not read a tokenizer from the metadata of {file}: {e}") from e
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(str(tmp))
+    try:
+      tmp.replace(cached)
+    except OSError:  # another process cached it first
+      shutil.rmtree(tmp, ignore_errors=True)
+  return from_hf(cached)
+
+
+# --- Qwen tiktoken -------------------------------------------------------------------------------
+
+# Qwen / Qwen2 pre-tokenisation: like GPT-4's but digits split one by one.
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids follow the 151,643 ranks
+
+# ChatML as Qwen2 instruct models use it: a default system turn when none is given.
+CHATML_TEMPLATE = (
+    "{% if not messages or messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\n{{ default_system }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+class TiktokenTokenizer(Tokenizer):
+  """Qwen's byte-level BPE from a `.tiktoken` rank file, with ChatML."""
+
+  def __init__(self, rank_file: str | os.PathLike, specials: Sequence[str] = QWEN_SPECIALS,
+               pattern: str = QWEN_PATTERN, default_system: str = QWEN_DEFAULT_SYSTEM):
+    from tiktoken.load import load_tiktoken_bpe  # pylint: disable=g-import-not-at-top
+    self.rank_file = pathlib.Path(rank_file).expanduser()
+    if not self.rank_file.exists():
+      raise FileNotFoundError(f"tiktoken rank file {self.rank_file} does not exist")
+    try:
+      self._ranks = load_tiktoken_bpe(str(self.rank_file))
+    except Exception as e:
+      raise ValueError(f"{self.rank_file} is not a tiktoken rank file: {e}") from None
+    self.pattern = pattern
+    self.default_system = default_system
+    n = len(self._ranks)
+    self._specials = {t: n + i for i, t in enumerate(specials)}
+    self._build()
+    self.eos_id = self._specials.get("<|im_end|>")
+    self._pad_id = self._specials.get("<|endoftext|>")
+    import jinja2.sandbox  # pylint: disable=g-import-not-at-top
+    self._template = jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(CHATML_TEMPLATE)
+
+  def _build(self):
+    import tiktoken  # pylint: disable=g-import-not-at-top
+    self.enc = tiktoken.Encoding(f"tiktoken:{self.rank_file.name}", pat_str=self.pattern,
+                                 mergeable_ranks=self._ranks, special_tokens=dict(self._specials))
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    del add_special_tokens  # Qwen adds no bos/eos
+    return self.enc.encode(text, allowed_special="all")
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    ids = [int(i) for i in ids]
+    if skip_special_tokens:
+      special = set(self._specials.values())
+      ids = [i for i in ids if i not in special]
+    return self.enc.decode(ids)
+
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                 default_system=self.default_system)
+
+  def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+    for t in tokens:
+      if t not in self._specials:
+        self._specials[t] = len(self._ranks) + len(self._specials)
+    self._build()
+    return [self._specials[t] for t in tokens]
+
+  @property
+  def special_tokens(self) -> dict[str, int]:
+    return dict(self._specials)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self._ranks) + len(self._specials)
+
+  def to_hf(self):
+    """The same tokenizer as a `transformers` fast tokenizer (BPE merges derived from ranks)."""
+    from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+    from transformers.convert_slow_tokenizer import TikTokenConverter  # pylint: disable=g-import-not-at-top
+    specials = sorted(self._specials, key=self._specials.get)
+    backend = TikTokenConverter(str(self.rank_file), pattern=self.pattern,
+                                extra_special_tokens=specials).converted()
+    template = CHATML_TEMPLATE.replace("{{ default_system }}", self.default_system)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=template, extra_special_tokens=[t for t in specials
+                                                       if t not in ("<|im_end|>",
+                                                                    "<|endoftext|>")])
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    self.to_hf().save_pretrained(str(out_dir))
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def load(spec: str | os.PathLike, add_video_token: bool = False) -> Tokenizer:
+  """`spec`: an offline asset name (`qwen_tiktoken`, `smollm2_135m_instruct_gguf`), `gguf:NAME`,
+  a `.gguf` / `.tiktoken` file, a directory with HF tokenizer files, or a hub id."""
+  from longvid_jax import assets  # pylint: disable=g-import-not-at-top
+  s = str(spec)
+  if s.startswith("gguf:"):
+    s = s[len("gguf:"):]
+  if s in assets.ASSETS:
+    s = str(assets.asset(s))
+  if s.endswith(".gguf"):
+    tok = from_gguf(s)
+  elif s.endswith(".tiktoken"):
+    tok = TiktokenTokenizer(s)
+  else:
+    p = pathlib.Path(s).expanduser()
+    if not p.is_dir() and (p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1):
+      raise FileNotFoundError(f"no tokenizer at {s!r}: expected an asset name, a .gguf or "
+                              ".tiktoken file, a directory with tokenizer files, or a hub id")
+    tok = from_hf(s)
+  if add_video_token:
+    tok.add_special_tokens([VIDEO_TOKEN])
+  return tok

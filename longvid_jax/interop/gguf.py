@@ -1,0 +1,103 @@
+"""GGUF (llama.cpp) checkpoints → our decoder params, dequantised with the `gguf` package.
+
+The config comes from the `{arch}.*` metadata; tensors are dequantised to float32 (any type
+`gguf.quants` knows: Q4_0/Q4_1/Q5_x/Q8_0/K-quants/F16/BF16/F32) and renamed by
+`llm_tables.GGUF_RULES`, whose hooks undo llama.cpp's interleaved rotary layout for Llama.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from longvid_jax.interop import hf
+from longvid_jax.interop import llm_tables
+from longvid_jax.models.llm import LLMConfig
+
+_FAMILIES = ("llama", "qwen2")
+
+
+def _reader(path: pathlib.Path):
+  from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
+  if not path.exists():
+    raise FileNotFoundError(f"GGUF file {path} does not exist")
+  try:
+    return GGUFReader(str(path))
+  except Exception as e:
+    raise ValueError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt"
+                     ) from None
+
+
+def _field(reader, key: str, default=None):
+  f = reader.fields.get(key)
+  return default if f is None else f.contents()
+
+
+def _f32(x) -> float:
+  """GGUF stores floats as float32; recover the decimal the checkpoint was written with
+  (9.999999747e-06 → 1e-05)."""
+  return float(f"{float(x):.7g}")
+
+
+def read_config(reader, path: pathlib.Path, compute_dtype: str = "float32") -> LLMConfig:
+  arch = _field(reader, "general.architecture")
+  if arch not in _FAMILIES:
+    raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; expected one of "
+                     f"{_FAMILIES}")
+
+  def get(key, default=None):
+    v = _field(reader, f"{arch}.{key}", default)
+    if v is None:
+      raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
+    return v
+
+  scaling = _field(reader, f"{arch}.rope.scaling.type")
+  if scaling not in (None, "none"):
+    raise ValueError(f"{path}: rope scaling {scaling!r} is not supported")
+  names = {t.name for t in reader.tensors}
+  hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+  head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // heads))
+  tokens = reader.fields.get("tokenizer.ggml.tokens")
+  vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+  if vocab is None:
+    vocab = next(t.shape[1] for t in reader.tensors if t.name == "token_embd.weight")
+  return LLMConfig(
+      vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(get("feed_forward_length")),
+      num_layers=int(get("block_count")), num_heads=heads,
+      num_kv_heads=int(get("attention.head_count_kv", heads)),
+      head_dim=None if head_dim == hidden // heads else head_dim,
+      rope_theta=_f32(get("rope.freq_base", 10000.0)),
+      rms_eps=_f32(get("attention.layer_norm_rms_epsilon")),
+      tie_embeddings="output.weight" not in names, qkv_bias=arch == "qwen2",
+      max_position=int(get("context_length", 8192)), dtype=compute_dtype)
+
+
+def read_tensors(reader, path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every tensor dequantised to float32, in NumPy's row-major [out, in] order."""
+  from gguf import GGMLQuantizationType  # pylint: disable=g-import-not-at-top
+  from gguf.quants import dequantize  # pylint: disable=g-import-not-at-top
+  out = {}
+  for t in reader.tensors:
+    try:
+      if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        x = np.asarray(t.data, np.float32)
+      else:
+        x = dequantize(t.data, t.tensor_type)
+    except NotImplementedError:
+      raise ValueError(f"{path}: tensor {t.name} has quantisation {t.tensor_type.name}, which "
+                       "gguf.quants cannot dequantise") from None
+    out[t.name] = np.asarray(x, np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
+  return out
+
+
+def load_gguf(file: str | os.PathLike, compute_dtype: str = "float32"):
+  """A .gguf file → (params float32, cfg)."""
+  path = pathlib.Path(file).expanduser()
+  reader = _reader(path)
+  cfg = read_config(reader, path, compute_dtype)
+  tensors = read_tensors(reader, path)
+  params = hf.convert(tensors, llm_tables.GGUF_RULES, cfg, llm_tables.GGUF_IGNORE,
+                      source=str(path))
+  return params, cfg

@@ -1,0 +1,139 @@
+"""Tokenizers over HF files, GGUF metadata and Qwen's tiktoken file.
+
+References computed at test time: tiktoken's BPE on the GPT-2 files for the HF-directory path;
+the Rust `tokenizers` BPE (via transformers' tiktoken converter) for the Qwen tiktoken path;
+the GGUF file's own token list and raw Jinja chat template for the GGUF path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jinja2.sandbox
+import pytest
+import tiktoken
+import transformers
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from longvid_jax.assets import asset
+from longvid_jax.data import tokenizers
+
+TEXTS = [
+    "Hello world! How's it going?",
+    "Numbers 12345 and 3.14159, dates 2024-06-01.",
+    "  leading spaces\n\nand\ttabs\r\n",
+    "Unicode: naïve café, 日本語のテキスト, emoji 🎬🎥, Ελληνικά",
+    "def f(x):\n    return x ** 2  # code\n",
+]
+CONVERSATION = [{"role": "user", "content": "Describe the video."},
+                {"role": "assistant", "content": "A cat jumps."},
+                {"role": "user", "content": "Then?"}]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+  return tokenizers.load("qwen_tiktoken", add_video_token=True)
+
+
+def test_qwen_specials_and_round_trip(qwen):
+  assert qwen.token_id("<|im_start|>") == 151644
+  assert qwen.token_id("<|im_end|>") == 151645
+  assert qwen.token_id("<|endoftext|>") == 151643
+  assert qwen.video_token_id == 151646 and qwen.vocab_size == 151647
+  assert qwen.eos_id == 151645 and set(qwen.stop_ids) == {151645, 151643}
+  for text in TEXTS:
+    assert qwen.decode(qwen.encode(text)) == text
+  assert qwen.encode("2024") == [qwen.encode(d)[0] for d in "2024"]  # digits split singly
+  ids = qwen.encode("a<|im_start|>b<video>c")
+  assert 151644 in ids and ids.count(qwen.video_token_id) == 1
+  assert qwen.decode(ids, skip_special_tokens=True) == "abc"
+
+
+def test_qwen_chatml(qwen):
+  text = qwen.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+  assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                  "<|im_start|>user\nDescribe the video.<|im_end|>\n"
+                  "<|im_start|>assistant\nA cat jumps.<|im_end|>\n"
+                  "<|im_start|>user\nThen?<|im_end|>\n<|im_start|>assistant\n")
+  sys = [{"role": "system", "content": "Be brief."}] + CONVERSATION[:1]
+  assert qwen.apply_chat_template(sys, add_generation_prompt=False) == (
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nDescribe the video.<|im_end|>\n")
+  ids = qwen.encode(text)
+  assert ids.count(151644) == 5 and ids.count(151645) == 4
+
+
+@pytest.mark.slow
+def test_qwen_tiktoken_matches_rust_bpe_and_exports(qwen, tmp_path):
+  """Converting the ranks to HF's BPE takes ~20 s here; the exported files must behave the same."""
+  qwen.save(tmp_path)
+  hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  for text in TEXTS + [qwen.apply_chat_template(CONVERSATION) + "<video>"]:
+    assert hf.encode(text, add_special_tokens=False) == qwen.encode(text), text
+  assert hf.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True) == \
+      qwen.apply_chat_template(CONVERSATION)
+  again = tokenizers.load(tmp_path)
+  assert again.video_token_id == qwen.video_token_id and again.eos_id == qwen.eos_id
+
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def test_hf_directory_matches_tiktoken_gpt2(tmp_path):
+  vocab, merges = asset("gpt2_encoder_json"), asset("gpt2_vocab_bpe")
+  # the classic HF layout: vocab.json + merges.txt + tokenizer_config.json
+  shutil.copy(vocab, tmp_path / "vocab.json")
+  shutil.copy(merges, tmp_path / "merges.txt")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+  tok = tokenizers.load(tmp_path, add_video_token=True)
+  ranks = data_gym_to_mergeable_bpe_ranks(str(merges), str(vocab))
+  ref = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                          special_tokens={"<|endoftext|>": 50256})
+  for text in TEXTS:
+    assert tok.encode(text) == ref.encode(text), text
+    assert tok.decode(tok.encode(text)) == text
+  assert tok.eos_id == 50256 and tok.video_token_id == 50257 and tok.vocab_size == 50258
+  assert tok.encode("a <video> b").count(50257) == 1
+  tok.save(tmp_path / "saved")
+  assert tokenizers.load(tmp_path / "saved").video_token_id == 50257
+  with pytest.raises(ValueError, match="no chat template"):
+    tok.apply_chat_template(CONVERSATION)
+
+
+@pytest.mark.slow
+def test_gguf_tokenizer_follows_metadata():
+  """First use rebuilds the tokenizer from the GGUF (~20 s), later uses hit the cache."""
+  from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
+  path = asset("smollm2_135m_instruct_gguf")
+  tok = tokenizers.load(f"gguf:{path}", add_video_token=True)
+  meta = GGUFReader(str(path)).fields
+  vocab = meta["tokenizer.ggml.tokens"].contents()
+  assert tok.token_id("<|im_start|>") == vocab.index("<|im_start|>") == 1
+  assert tok.eos_id == meta["tokenizer.ggml.eos_token_id"].contents() == 2
+  assert 2 in tok.stop_ids
+  assert tok.video_token_id == len(vocab) and tok.vocab_size == len(vocab) + 1
+  template = jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(
+      meta["tokenizer.chat_template"].contents())
+  want = template.render(messages=CONVERSATION, add_generation_prompt=True,
+                         bos_token=vocab[1], eos_token=vocab[2])
+  assert tok.apply_chat_template(CONVERSATION) == want
+  byte_to_char = transformers.convert_slow_tokenizer.bytes_to_unicode()
+  for text in TEXTS:
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    # the pieces are GGUF vocabulary entries that spell the text's bytes
+    assert "".join(vocab[i] for i in ids) == "".join(byte_to_char[b] for b in text.encode())
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no tokenizer at"):
+    tokenizers.load(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="x.tiktoken"):
+    tokenizers.load(tmp_path / "x.tiktoken")
+  with pytest.raises(FileNotFoundError, match="y.gguf"):
+    tokenizers.load(tmp_path / "y.gguf")
+  (tmp_path / "bad.tiktoken").write_text("not base64 at all\n")
+  with pytest.raises(ValueError, match="bad.tiktoken"):
+    tokenizers.load(tmp_path / "bad.tiktoken")
+  with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+    tokenizers.load(tmp_path)

@@ -63,8 +63,8 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.data.update(num_videos=400, shots_per_video=4, frames_per_shot=8, num_frames=8,
                 image_size=64, seq_len=96)
   c.mesh.data = 1
-  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 30, 2e-3, 4),
-                              ("joint", 30, 5e-5, 2), ("sft", 30, 5e-5, 2)):
+  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 30, 2e-3, 2),
+                              ("joint", 24, 5e-5, 2), ("sft", 24, 5e-5, 2)):
     s = c.stages[name]
     s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=2,
              checkpoint_every=10)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import pathlib
 import sys
 
 COMMAND_MODULES = (
-    "longvid_jax.cli",
+    "longvid_jax.cli",  # run
+    "longvid_jax.sampling.commands",  # shots, sample
+    "longvid_jax.interop.commands",  # llm-convert, llm-chat
 )
 
 

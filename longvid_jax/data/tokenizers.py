@@ -288,11 +288,7 @@ def load(spec: str | os.PathLike, add_video_token: bool = False) -> Tokenizer:
   """`spec`: an offline asset name (`qwen_tiktoken`, `smollm2_135m_instruct_gguf`), `gguf:NAME`,
   a `.gguf` / `.tiktoken` file, a directory with HF tokenizer files, or a hub id."""
   from longvid_jax import assets  # pylint: disable=g-import-not-at-top
-  s = str(spec)
-  if s.startswith("gguf:"):
-    s = s[len("gguf:"):]
-  if s in assets.ASSETS:
-    s = str(assets.asset(s))
+  s = assets.resolve(spec)
   if s.endswith(".gguf"):
     tok = from_gguf(s)
   elif s.endswith(".tiktoken"):

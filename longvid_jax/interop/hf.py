@@ -179,11 +179,7 @@ def import_llm(source: str | os.PathLike, dtype: Any = None, compute_dtype: str 
   """
   from longvid_jax import assets  # pylint: disable=g-import-not-at-top
   from longvid_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  src = str(source)
-  if src.startswith("gguf:"):
-    src = src[len("gguf:"):]
-  if src in assets.ASSETS:
-    src = str(assets.asset(src))
+  src = assets.resolve(source)
   if src.endswith(".gguf"):
     from longvid_jax.interop import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
     params, cfg = gguf_lib.load_gguf(src, compute_dtype=compute_dtype)

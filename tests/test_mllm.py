@@ -98,3 +98,38 @@ def test_prompt_expands_placeholder_and_masks_answer():
       64 - len(ids))
   with pytest.raises(ValueError, match="seq_len"):
     prompts.encode_example(tok, "What?", "red", num_visual=60, seq_len=64)
+
+
+def test_query_mask_covers_the_question_and_never_the_answer():
+  tok = _CharTok()
+  ex = prompts.encode_example(tok, "Which?", "red", num_visual=3, seq_len=64)
+  query = "".join(chr(i) for i in ex["input_ids"][ex["query_mask"] == 1])
+  assert query == "\nWhich?</><assistant>"  # after the placeholders, up to the answer
+  assert not (ex["query_mask"] & ex["loss_mask"]).any()
+  assert not (ex["query_mask"] & (ex["input_ids"] == tok.video_token_id)).any()
+
+
+def test_longvu_gets_the_question_as_query_and_learns_from_it():
+  from longvid_jax.models.reducers.longvu import LongVU  # pylint: disable=g-import-not-at-top
+  llm = DecoderLM(LLMConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1))
+  m = VideoLLM(encoder=_Identity(), reducer=LongVU(budget=28, low_res_stride=2, chunk=8,
+                                                   threshold=2.0),
+               projector=MLPProjector(16), llm=llm, video_token_id=VID)
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.standard_normal((1, 4, 4, 4, 8)), jnp.float32)
+  n = m.reducer.num_tokens(4, 4, 4)  # one full frame (16) + three low-resolution ones (4 each)
+  ids = jnp.asarray([[1, *[VID] * n, 5, 6, 7, 8, 2]], jnp.int32)
+  attn = jnp.ones_like(ids)
+  qmask = jnp.asarray(prompts.query_mask(ids[0].tolist(), VID))[None]
+  params = nn.unbox(m.init(jax.random.key(0), ids, attn, features=feats))["params"]
+  assert "query_proj" in params["reducer"]  # built at init even without a question
+
+  def query_grad(qm):
+    def loss(p):
+      logits = m.apply({"params": p}, ids, attn, features=feats, query_mask=qm)
+      return lm_loss(logits, ids, jnp.ones_like(ids))[0]
+    return float(jnp.abs(jax.grad(loss)(params)["reducer"]["query_proj"]["kernel"]).sum())
+
+  assert query_grad(qmask) > 0  # the question reached the reducer and trains its query map
+  assert query_grad(None) == 0  # without one, the reducer falls back to a fixed choice

@@ -44,9 +44,19 @@ def encode_prompt(tok: ChatTokenizer, question: str, num_visual: int,
   return tok.encode(parts[0]) + [tok.video_token_id] * num_visual + tok.encode(parts[1])
 
 
+def query_mask(prompt_ids: list[int], video_token_id: int) -> np.ndarray:
+  """1 on the prompt tokens after the last placeholder (the question and the template's turn
+  markers): what a text-guided reducer may look at. Never covers an answer."""
+  ids = np.asarray(prompt_ids)
+  mask = np.zeros(len(ids), np.int32)
+  vid = np.flatnonzero(ids == video_token_id)
+  mask[(vid[-1] + 1 if len(vid) else 0):] = 1
+  return mask
+
+
 def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: int,
                    seq_len: int, preamble: str | None = None) -> dict[str, np.ndarray]:
-  """input_ids / attention_mask / loss_mask [seq_len], right-padded."""
+  """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded."""
   messages = [{"role": "user", "content": user_text(question, preamble)}]
   prefix = tok.apply_chat_template(messages, add_generation_prompt=True)
   full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
@@ -64,8 +74,10 @@ def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: i
       "input_ids": np.full(seq_len, tok.pad_id, np.int32),
       "attention_mask": np.zeros(seq_len, np.int32),
       "loss_mask": np.zeros(seq_len, np.int32),
+      "query_mask": np.zeros(seq_len, np.int32),
   }
   out["input_ids"][:n] = ids
   out["attention_mask"][:n] = 1
   out["loss_mask"][len(prompt):n] = 1
+  out["query_mask"][:len(prompt)] = query_mask(prompt, tok.video_token_id)
   return out

@@ -34,10 +34,17 @@ class VideoLLM(nn.Module):
     return f if self.train_encoder else jax.lax.stop_gradient(f)
 
   def visual_embeds(self, f: jax.Array, query: jax.Array | None = None,
-                    deterministic: bool = True) -> tuple[jax.Array, Reduced]:
+                    deterministic: bool = True, query_mask: jax.Array | None = None
+                    ) -> tuple[jax.Array, Reduced]:
     """tokens[B,T,h,w,C] → embeds[B,N,D] plus the reducer's output (mask, losses)."""
-    red = self.reducer(f, query=query, deterministic=deterministic)
+    red = self.reducer(f, query=query, deterministic=deterministic, query_mask=query_mask)
     return self.projector(red.tokens), red
+
+  def question(self, input_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
+    """The question's token embeddings [B,L,D], the query of text-guided reducers. Only the
+    tokens `query_mask` marks are real; the rest must be masked by the reducer."""
+    ids = jnp.where(query_mask.astype(bool) & (input_ids != self.video_token_id), input_ids, 0)
+    return self.llm.embed(ids)
 
   def reconstruction_loss(self, f: jax.Array, deterministic: bool = False):
     return self.reducer.reconstruction_loss(f, deterministic=deterministic)
@@ -57,16 +64,34 @@ class VideoLLM(nn.Module):
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                frames: jax.Array | None = None, features: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    """Next-token logits[B,L,V] for a prompt whose placeholders stand for the video."""
+               query_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Next-token logits[B,L,V] for a prompt whose placeholders stand for the video.
+
+    `query_mask[B,L]` marks the question's tokens (data.prompts.query_mask); given, their
+    embeddings are the reducer's query. It must not cover the answer, or a text-guided reducer
+    would see what it is asked to predict.
+    """
     if features is None:
       if frames is None:
         raise ValueError("VideoLLM needs `frames` or precomputed `features`")
       features = self.features(frames)
-    visual, red = self.visual_embeds(features, deterministic=deterministic)
+    if query_mask is None and self.is_initializing():
+      # build the text-guided path too, so params never depend on the first batch's keys
+      query_mask = jnp.zeros_like(input_ids)
+    query = None if query_mask is None else self.question(input_ids, query_mask)
+    visual, red = self.visual_embeds(features, query=query, deterministic=deterministic,
+                                     query_mask=query_mask)
     embeds, mask = self.splice(input_ids, attention_mask, visual, red.mask)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     return self.llm(embeds, positions, mask)
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "features", "query_mask")
+
+
+def model_inputs(batch: dict) -> dict:
+  """The keys of a data batch that VideoLLM.__call__ takes; labels and ids stay behind."""
+  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def lm_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array):

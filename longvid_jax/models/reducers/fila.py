@@ -64,8 +64,8 @@ class FiLAMerge(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query, deterministic
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask, deterministic
     chex.assert_rank(tokens, 5)
     b, _, h, w, c = tokens.shape
     k, n = self.k, h * w

@@ -50,8 +50,8 @@ class PerceiverResampler(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query, deterministic  # text-agnostic; no dropout
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask, deterministic  # text-agnostic; no dropout
     chex.assert_rank(tokens, 5)
     b, t, h, w, c = tokens.shape
     check_heads(self.num_heads, c, "perceiver")

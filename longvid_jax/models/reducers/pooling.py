@@ -87,8 +87,8 @@ class AvgPool3D(nn.Module):
     return math.prod(pooled_grid(t, h, w, self.strides))
 
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query, deterministic  # parameter-free and text-agnostic
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask, deterministic  # parameter-free and text-agnostic
     return _flat(avgpool3d(tokens, self.strides))
 
 
@@ -121,8 +121,8 @@ class Bilinear2D(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query, deterministic
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask, deterministic
     chex.assert_rank(tokens, 5)
     b, t, h, w, c = tokens.shape
     x = bilinear2d(tokens, self.out_grid(h, w))  # [B,T,h,w,C]

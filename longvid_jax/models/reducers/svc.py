@@ -161,8 +161,8 @@ class SVC(nn.Module):
     return self.decoder(h)[:, :grid[0], :grid[1], :grid[2]]
 
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query  # the SVC compresses without text guidance
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask  # the SVC compresses without text guidance
     h, losses = self.encode(tokens, deterministic)
     if self.is_initializing():  # create the decoder's params too
       self.decode(h, tokens.shape[1:4])

@@ -110,8 +110,8 @@ class ToMe(nn.Module):
     return self._unit_target(t * h * w)
 
   def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True) -> Reduced:
-    del query, deterministic
+               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
+    del query, query_mask, deterministic
     chex.assert_rank(tokens, 5)
     b, t, h, w, c = tokens.shape
     if self.over == "frame":

@@ -169,3 +169,39 @@ def test_bad_arguments(small_mp4):
     video.read_frames(small_mp4, [0], size=(0, 10))
   with pytest.raises(ValueError, match="chunk_size"):
     next(video.iter_frames(small_mp4, chunk_size=0))
+
+
+def test_timestamps_from_packets(small_mp4):
+  with video.VideoReader(small_mp4) as r:
+    np.testing.assert_allclose(r.timestamps(), np.arange(40) / 10.0, atol=1e-6)
+
+
+def test_resample_indices_matches_streaming(small_mp4):
+  ts = np.arange(40) / 10.0
+  for fps in (5, 10 / 3, 2.5, 30, None):
+    np.testing.assert_array_equal(video.resample_indices(ts, fps),
+                                  video.read_all(small_mp4, fps=fps).indices)
+  with pytest.raises(ValueError, match="fps"):
+    video.resample_indices(ts, 0)
+
+
+def test_frame_folder(tmp_path, small_mp4):
+  from PIL import Image
+  truth = _sequential(small_mp4)[:12]
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for i, f in enumerate(truth):  # natural order: frame_2 before frame_10
+    Image.fromarray(f).save(folder / f"frame_{i}.png")
+  (folder / "notes.txt").write_text("not a frame")
+  with video.open_video(folder, folder_fps=4.0) as r:
+    assert isinstance(r, video.FrameFolder)
+    assert (r.info.num_frames, r.info.width, r.info.height) == (12, 64, 48)
+    got = r.read([11, 2, 10])
+    np.testing.assert_array_equal(got.frames, truth[[11, 2, 10]])
+    np.testing.assert_allclose(got.timestamps, [2.75, 0.5, 2.5])
+    small = r.read([3], size=(32, 24)).frames
+    assert small.shape == (1, 24, 32, 3) and small.dtype == np.uint8
+    chunks = list(r.iter_chunks(chunk_size=4, fps=2.0))
+    np.testing.assert_array_equal(np.concatenate([c.indices for c in chunks]), [0, 2, 4, 6, 8, 10])
+  assert isinstance(video.open_video(small_mp4), video.VideoReader)
+

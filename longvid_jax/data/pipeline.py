@@ -1,21 +1,49 @@
 """Grain input pipeline for the training stages.
 
 Batch i of a stage is a pure function of (seed, i): the source is shuffled with a fixed seed and
-repeated, and per-example randomness comes from Grain's per-index RNG. Resuming at step s reads
-the dataset from index s, which is exactly what an uninterrupted run would have read.
+repeated, and per-example randomness is derived from the example's index. Resuming at step s
+reads the dataset from index s, which is exactly what an uninterrupted run would have read.
+
+Sources (`data.source`):
+  synthetic  procedural shot videos rendered on the fly (the offline default).
+  manifest   JSONL `Record`s (`data.manifest`): decode → shot scores (only for samplers that need
+             them) → `data.sampler` picks `data.num_frames` frames → resize to `data.image_size`
+             → prompt with `<video>` (and the timestamp sentence if `data.timestamps`) →
+             tokens, padded to `data.seq_len`. With `data.features` (a feature-cache folder) the
+             batch carries the cached encoder `features[B,T,h,w,C]` instead of `frames`.
+
+A bad record (missing or corrupt video, bad manifest line, prompt too long, ...) is skipped and
+counted by reason; its slot takes the next good record in the shuffled order, so batches stay a
+function of (seed, i) and resumption stays exact. `data.strict = True` raises instead.
+
+Multi-host: each process builds its `batch_size // process_count` rows of every global batch;
+concatenating the processes' batches in process order gives the single-process batch.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import collections
+import dataclasses
+import glob
+import logging
+import threading
+from typing import Any
 
 import grain
 import numpy as np
 
-from longvid_jax.data import prompts, synthetic
+from longvid_jax.data import features as features_lib
+from longvid_jax.data import prompts, records, synthetic, video
+
+log = logging.getLogger(__name__)
 
 TASKS = ("reconstruction", "caption", "qa", "mix")
 SPLITS = ("train", "val", "test")
+SOURCES = ("synthetic", "manifest")
+DETECTOR_HW = (27, 48)  # TransNetV2 input (height, width)
+
+
+# -- synthetic source -----------------------------------------------------------------------------
 
 
 def split_ids(cfg, split: str) -> np.ndarray:
@@ -59,18 +87,374 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   return out
 
 
+# -- manifest source: one record → one example ----------------------------------------------------
+
+
+class RecordError(ValueError):
+  """A record that cannot become an example; `reason` is its skip-statistics key."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """The sampled frames of one record: frames[T,S,S,3] uint8 with their frame indices, seconds
+  from the clip start and which slots are real (False: padding of a video shorter than T)."""
+  frames: np.ndarray
+  indices: np.ndarray
+  timestamps: np.ndarray
+  valid: np.ndarray
+  duration: float
+  scores: np.ndarray | None = None  # the whole video's boundary probabilities, when computed
+
+
+_DETECTORS: dict[Any, Any] = {}
+_DETECTOR_LOCK = threading.Lock()
+
+
+def shot_detector(cfg):
+  """One TransNetV2 detector per process and setting, built when a sampler first needs scores."""
+  key = (cfg.get("detector_weights", None), cfg.get("detector_mode", "exact"))
+  with _DETECTOR_LOCK:
+    if key not in _DETECTORS:
+      from longvid_jax.sampling.transnetv2 import ShotDetector
+      _DETECTORS[key] = ShotDetector(weights=key[0], mode=key[1])
+    return _DETECTORS[key]
+
+
+def _boundary(reader, rec: records.Record, cfg, num_frames: int, needs: tuple[str, ...]):
+  """(single[N] boundary probabilities, embeddings[N,D] or None) for the whole video."""
+  single = None
+  if rec.scores and "features" not in needs:
+    single = np.asarray(np.load(rec.scores), np.float32).reshape(-1)
+    if len(single) != num_frames:
+      raise RecordError(f"{rec.scores} holds {len(single)} scores but {rec.video} has "
+                        f"{num_frames} frames", "bad_scores")
+    return single, None
+  size = (DETECTOR_HW[1], DETECTOR_HW[0])
+  pred = shot_detector(cfg).predict_chunks(c.frames for c in reader.iter_chunks(500, size=size))
+  return pred.single, pred.embeddings
+
+
+def _span_max(x: np.ndarray, cand: np.ndarray) -> np.ndarray:
+  """x's maximum over (previous candidate, candidate], so a cut between kept frames counts."""
+  starts = np.concatenate([cand[:1], cand[:-1] + 1])
+  return np.maximum.reduceat(x[:cand[-1] + 1], starts)
+
+
+def load_clip(rec: records.Record, cfg) -> Clip:
+  """Decode and sample one record's video as configured (shared with the feature precompute)."""
+  from longvid_jax.sampling import samplers
+  name = cfg.get("sampler", "uniform")
+  options = dict(cfg.get("sampler_args", None) or {})
+  needs = samplers.SAMPLERS.get(name).needs
+  size = int(cfg.image_size)
+  with video.open_video(rec.video, timeout=cfg.get("decode_timeout", 120.0),
+                        folder_fps=float(rec.meta.get("fps", cfg.get("folder_fps", 1.0)))) as r:
+    ts = r.timestamps()
+    duration = max(float(r.info.duration), float(ts[-1]) if len(ts) else 0.0)
+    start = float(rec.start or 0.0)
+    end = float(rec.end) if rec.end is not None else max(duration, float(ts[-1]) + 1e-6)
+    cand = np.nonzero((ts >= start) & (ts < end))[0]
+    cand = cand[video.resample_indices(ts[cand], cfg.get("fps", None))]
+    if not len(cand):
+      raise RecordError(f"{rec.video}: no frames in [{start}, {end}) s", "empty_clip")
+    scores = feats = single = None
+    if needs:
+      single, emb = _boundary(r, rec, cfg, len(ts), needs)
+      from longvid_jax.sampling.samplers import shot_start_scores
+      scores = _span_max(shot_start_scores(single), cand)
+      feats = None if emb is None else emb[cand]
+    sel = samplers.sample(name, int(cfg.num_frames), num_frames=len(cand), scores=scores,
+                          features=feats, **options)
+    idx = cand[sel.indices]
+    got = r.read(idx, size=(size, size))
+  return Clip(got.frames, idx, got.timestamps - start, sel.valid, min(end, duration) - start,
+              single)
+
+
+def _text(rec: records.Record, task: str, rng: np.random.Generator) -> tuple[str, str]:
+  if not rec.turns:
+    raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
+  turn = int(rng.integers(len(rec.turns))) if task == "mix" else 0
+  return rec.text(turn)
+
+
+class Skips:
+  """Bad records seen by this process: one warning per record, a summary every `log_every`
+  records and whenever an epoch ends. `counts` maps reason → number of distinct records."""
+
+  def __init__(self, log_every: int = 100):
+    self.log_every = max(1, int(log_every))
+    self.bad: dict[str, tuple[str, str]] = {}  # record → (reason, message)
+    self.counts: collections.Counter = collections.Counter()
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # worker processes get their own copy and lock
+    return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.Lock())
+
+  def add(self, where: str, reason: str, message: str) -> None:
+    with self._lock:
+      if where in self.bad:
+        return
+      self.bad[where] = (reason, message)
+      self.counts[reason] += 1
+      n = len(self.bad)
+    log.warning("skipping %s (%s): %s", where, reason, message)
+    if n % self.log_every == 0:
+      log.warning("%s", self.summary())
+
+  def summary(self) -> str:
+    parts = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) or "none"
+    return f"skipped {sum(self.counts.values())} bad records ({parts})"
+
+
+class ManifestSource:
+  """Records of one split and how to turn record i into an example."""
+
+  def __init__(self, cfg, split: str, task: str, tok, num_visual: int,
+               encoder_fingerprint: str | None = None):
+    self.cfg, self.task, self.tok, self.num_visual = cfg, task, tok, num_visual
+    self.strict = bool(cfg.get("strict", False))
+    self.skips = Skips(cfg.get("skip_log_every", 100))
+    self.records: list[records.Record] = []
+    for path in manifest_paths(cfg, split):
+      for lineno, rec in records.read_manifest(path):
+        if isinstance(rec, ValueError):
+          if self.strict:
+            raise rec
+          self.skips.add(f"{path}:{lineno}", "bad_manifest_line", str(rec))
+        else:
+          self.records.append(rec)
+    if not self.records:
+      raise ValueError(f"the {split} manifest has no usable records ({self.skips.summary()})")
+    self.cache = None
+    if cfg.get("features", None):
+      self.encoder = encoder_fingerprint or cfg.get("encoder_fingerprint", None)
+      if not self.encoder:
+        raise ValueError("data.features reads a feature cache, which needs the encoder's "
+                         "fingerprint (features.encoder_fingerprint) to reject stale entries: "
+                         "pass encoder_fingerprint= or set data.encoder_fingerprint")
+      self.cache = features_lib.FeatureCache(cfg.features)
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def example(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rec = self.records[i]
+    if self.cache is not None:
+      key = features_lib.entry_key(rec, self.cfg, self.encoder)
+      got = self.cache.get(key)
+      if got is None:
+        raise RecordError(self.cache.explain_miss(key), "feature_cache_miss")
+      out = {"features": got["features"].astype(np.float32)}
+      ts, duration = got["timestamps"], float(got["duration"][0])
+    else:
+      clip = load_clip(rec, self.cfg)
+      out = {"frames": clip.frames.astype(np.float32) / 255.0}
+      ts, duration = clip.timestamps, clip.duration
+    if self.task == "reconstruction":
+      return out
+    question, answer = _text(rec, self.task, rng)
+    preamble = (prompts.timestamp_sentence([float(t) for t in ts], duration)
+                if self.cfg.get("timestamps", False) else None)
+    try:
+      out.update(prompts.encode_example(self.tok, question, answer, self.num_visual,
+                                        int(self.cfg.seq_len), preamble))
+    except ValueError as e:
+      raise RecordError(str(e), "too_long") from None
+    return out
+
+
+def manifest_paths(cfg, split: str) -> list[str]:
+  """`data.manifest`: {split: path}, a path with `{split}`, a glob, or one path for all splits."""
+  spec = cfg.get("manifest", None)
+  if not spec:
+    raise ValueError("data.source='manifest' needs data.manifest (a JSONL path, a pattern with "
+                     "{split}, or a mapping split → path)")
+  if not isinstance(spec, str):
+    spec = dict(spec)
+    if split not in spec:
+      raise ValueError(f"data.manifest has no {split!r} entry (it has {sorted(spec)})")
+    spec = spec[split]
+  spec = str(spec).replace("{split}", split)
+  if glob.has_magic(spec):
+    paths = sorted(glob.glob(spec))
+    if not paths:
+      raise FileNotFoundError(f"no manifest matches {spec}")
+    return paths
+  return [spec]
+
+
+# -- Grain datasets -------------------------------------------------------------------------------
+
+
+class _Examples(grain.MapDataset):
+  """Example g = the first good record at or after position g of the epoch's shuffled order
+  (wrapping around within the epoch)."""
+
+  def __init__(self, order: grain.MapDataset, source: ManifestSource, seed: int):
+    super().__init__(order)
+    self._order, self._source, self._seed = order, source, int(seed)
+    self._epoch = 0
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self._order)
+
+  __getstate__, __setstate__ = Skips.__getstate__, Skips.__setstate__
+
+  def __str__(self) -> str:
+    return f"_Examples(records={len(self._source)})"
+
+  def _end_epochs(self, g: int) -> None:
+    epoch = g // len(self._source)
+    with self._lock:
+      ended, self._epoch = self._epoch < epoch, max(self._epoch, epoch)
+    if ended and self._source.skips.counts:
+      log.warning("epoch %d: %s", epoch - 1, self._source.skips.summary())
+
+  def __getitem__(self, g):
+    if isinstance(g, slice):
+      return self.slice(g)
+    self._end_epochs(g)
+    src = self._source
+    rng = np.random.default_rng([self._seed, g])
+    n = len(src)
+    for t in range(n):  # the rest of this epoch's permutation, wrapping around
+      i = int(self._order[g - g % n + (g + t) % n])
+      rec = src.records[i]
+      if rec.id + "@" + rec.video in src.skips.bad:
+        continue
+      try:
+        return src.example(i, rng)
+      except Exception as e:  # noqa: BLE001 - one bad record must not stop the run
+        where = f"record {rec.id!r} ({rec.video})"
+        if src.strict:
+          raise RecordError(f"{where}: {e}", video.error_reason(e)) from e
+        src.skips.add(rec.id + "@" + rec.video, video.error_reason(e), f"{where}: {e}")
+    raise ValueError(f"every record of the manifest is unusable ({src.skips.summary()})")
+
+
+class _Rows(grain.MapDataset):
+  """This process's rows: local element j is global element (j // m) * B + p * m + j % m."""
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int, index: int, count: int):
+    super().__init__(parent)
+    self._global, self._m, self._p = batch_size, batch_size // count, index
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._m
+
+  def __str__(self) -> str:
+    return f"_Rows(process={self._p}, rows={self._m}/{self._global})"
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    return self._parent[(j // self._m) * self._global + self._p * self._m + j % self._m]
+
+
+class Batches(grain.MapDataset):
+  """The batched dataset (index i = batch i) with what `iterate` and monitoring need: `skips`
+  (bad-record statistics of this process, None for synthetic data) and reading options."""
+
+  def __init__(self, parent: grain.MapDataset, skips: Skips | None, options: dict[str, int]):
+    super().__init__(parent)
+    self.skips, self.options = skips, options
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return "Batches"
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    return self._parent[i]
+
+
 def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
-            split: str = "train") -> grain.MapDataset:
-  """Infinite, batched MapDataset; index i is batch i."""
+            split: str = "train", process_index: int = 0, process_count: int = 1,
+            encoder_fingerprint: str | None = None) -> Batches:
+  """Infinite, batched MapDataset; index i is this process's part of global batch i."""
   if task not in TASKS:
     raise ValueError(f"data task {task!r}: choose one of {TASKS}")
-  ids = split_ids(cfg, split)
-  ds = grain.MapDataset.source(ids).shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(lambda vid, rng: example(cfg, task, tok, num_visual, vid, rng), seed=seed)
-  return ds.batch(batch_size, drop_remainder=True)
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} must lie in [0, {process_count})")
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} must divide evenly over {process_count} processes")
+  source = cfg.get("source", "synthetic")
+  skips = None
+  if source == "synthetic":
+    ids = split_ids(cfg, split)
+    ds = grain.MapDataset.source(ids).shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(lambda vid, rng: example(cfg, task, tok, num_visual, vid, rng), seed=seed)
+  elif source == "manifest":
+    src = ManifestSource(cfg, split, task, tok, num_visual, encoder_fingerprint)
+    skips = src.skips
+    order = grain.MapDataset.source(np.arange(len(src))).shuffle(seed=seed).repeat(None)
+    ds = _Examples(order, src, seed)
+  else:
+    raise ValueError(f"data.source {source!r}: choose one of {SOURCES}")
+  if process_count > 1:
+    ds = _Rows(ds, batch_size, process_index, process_count)
+  ds = ds.batch(batch_size // process_count, drop_remainder=True)
+  options = {"threads": int(cfg.get("read_threads", 2)), "prefetch": int(cfg.get("prefetch", 4)),
+             "workers": int(cfg.get("workers", 0))}
+  return Batches(ds, skips, options)
 
 
-def iterate(ds: grain.MapDataset, start: int, threads: int = 2) -> Iterator[dict]:
-  """Batches start, start+1, ... with background prefetch."""
-  return iter(ds[start:].to_iter_dataset(
-      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)))
+class BatchIterator(grain.DatasetIterator):
+  """Batches start, start+1, ... with background prefetch (threads, and worker processes if
+  `data.workers` > 0). The state is the absolute index of the next batch, so a state saved with a
+  checkpoint restores the exact sequence whatever `start` the new iterator was made with."""
+
+  def __init__(self, ds: grain.MapDataset, start: int, threads: int = 2, prefetch: int = 4,
+               workers: int = 0):
+    super().__init__()
+    self._ds, self._next = ds, int(start)
+    self._threads, self._prefetch, self._workers = threads, prefetch, workers
+    self._it = None
+
+  def _open(self):
+    it = self._ds[self._next:].to_iter_dataset(
+        grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=self._prefetch))
+    if self._workers > 0:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+    return iter(it)
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      self._it = self._open()
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_batch": self._next}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._stop()
+    self._next = int(state["next_batch"])
+
+  def _stop(self) -> None:
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+  def close(self) -> None:
+    self._stop()
+
+
+def iterate(ds: grain.MapDataset, start: int, threads: int | None = None) -> BatchIterator:
+  """An iterator from batch `start`; `get_state()` / `set_state()` round-trip through JSON."""
+  opts = getattr(ds, "options", {})
+  return BatchIterator(ds, start, threads if threads is not None else opts.get("threads", 2),
+                       opts.get("prefetch", 4), opts.get("workers", 0))

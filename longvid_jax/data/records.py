@@ -13,6 +13,7 @@ import pathlib
 from typing import Any, Iterable, Iterator
 
 LETTERS = "ABCDEFGHIJ"
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,13 @@ class Record:
   @property
   def answer(self) -> str:
     return self.turns[0][1] if self.turns else ""
+
+  def text(self, turn: int = 0) -> tuple[str, str]:
+    """(question, answer) to train on: a multiple-choice record shows its lettered options and
+    answers with the letter, so training and likelihood scoring see the same prompt."""
+    if self.options and turn == 0 and self.answer_index is not None:
+      return multiple_choice_question(self.question, self.options), LETTERS[self.answer_index]
+    return self.turns[turn]
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -75,6 +83,11 @@ class Record:
       video = str(pathlib.Path(root) / video)
     return cls(**{**d, "video": video, "turns": turns, "options": options,
                   "meta": dict(d.get("meta") or {})})
+
+
+def multiple_choice_question(question: str, options: Iterable[str]) -> str:
+  lines = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+  return "\n".join([question, *lines, MC_INSTRUCTION])
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> int:

@@ -1,0 +1,150 @@
+"""Bad input never hangs or stops a run: each kind is a counted skip, or an error naming the
+record with data.strict. Every bad file is crafted here, at run time."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import av
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+from test_pipeline import CharTok
+from test_video import _write_mp4
+
+from longvid_jax.data import pipeline, records, video
+
+
+def _audio_only(path):
+  out = av.open(str(path), "w")
+  st = out.add_stream("pcm_s16le", rate=8000)
+  frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+  frame.sample_rate = 8000
+  for p in [*st.encode(frame), *st.encode()]:
+    out.mux(p)
+  out.close()
+
+
+def _no_decodable_frames(path):
+  """A valid container whose only video packet is garbage."""
+  out = av.open(str(path), "w")
+  st = out.add_stream("h264", rate=10)
+  st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
+  out.start_encoding()
+  packet = av.Packet(b"\x00\x00\x00\x01" + bytes(range(200)))
+  packet.stream, packet.pts, packet.dts, packet.time_base = st, 0, 0, st.time_base
+  out.mux(packet)
+  out.close()
+
+
+def _mixed_sizes(path):
+  path.mkdir()
+  for i, size in enumerate([(16, 12), (16, 12), (20, 12)]):
+    Image.new("RGB", size, (i * 60, 0, 0)).save(path / f"frame_{i}.png")
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+  """name → (path, expected skip reason)."""
+  d = tmp_path_factory.mktemp("bad")
+  good = _write_mp4(d / "good.mp4", n=12, fps=10, w=32, h=24, gop=4, bframes=0)
+  raw = good.read_bytes()
+  out = {"good": (good, None)}
+  out["missing"] = (d / "missing.mp4", "missing_file")
+  (d / "truncated.mp4").write_bytes(raw[:300])
+  out["truncated"] = (d / "truncated.mp4", "corrupt")
+  rng = np.random.default_rng(0)
+  (d / "garbage.mp4").write_bytes(raw[:32] + rng.integers(0, 256, 4000, np.uint8).tobytes())
+  out["garbage"] = (d / "garbage.mp4", "corrupt")
+  _no_decodable_frames(d / "empty.mkv")
+  out["no_frames"] = (d / "empty.mkv", "no_frames")
+  _audio_only(d / "tone.wav")
+  out["audio_only"] = (d / "tone.wav", "no_video_stream")
+  # the sample description names a codec no decoder knows
+  (d / "unknown_codec.mp4").write_bytes(raw.replace(b"avc1", b"zzzz"))
+  out["unsupported_codec"] = (d / "unknown_codec.mp4", "unsupported_codec")
+  _mixed_sizes(d / "frames_mixed")
+  out["mixed_sizes"] = (d / "frames_mixed", "mixed_frame_sizes")
+  os.mkfifo(d / "pipe.mp4")  # opening a FIFO would block forever
+  out["fifo"] = (d / "pipe.mp4", "not_a_file")
+  return out
+
+
+def _cfg(manifest, **kw):
+  return ml_collections.ConfigDict(dict(source="manifest", manifest=str(manifest), num_frames=3,
+                                        image_size=8, seq_len=160, **kw))
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "garbage", "no_frames", "audio_only",
+                                  "unsupported_codec", "mixed_sizes", "fifo"])
+def test_reader_names_the_reason(bad_files, kind):
+  path, reason = bad_files[kind]
+  with pytest.raises((video.VideoError, FileNotFoundError)) as e:
+    with video.open_video(path, timeout=10) as r:
+      r.read([0])
+  assert video.error_reason(e.value) == reason
+  assert path.name in str(e.value)
+
+
+def test_timeout(bad_files):
+  with pytest.raises(video.VideoTimeout, match="good.mp4.*longer than"):
+    with video.VideoReader(bad_files["good"][0], timeout=0.0) as r:
+      r.read([5])
+
+
+def _manifest(path, bad_files, kinds, extra_lines=()):
+  lines = [json.dumps(records.Record(id=k, video=str(bad_files[k][0]),
+                                     turns=(("Q?", "A"),)).to_json()) for k in kinds]
+  path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+  return path
+
+
+def test_bad_records_are_counted_skips(bad_files, tmp_path, caplog):
+  kinds = [k for k in bad_files if k != "good"]
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", *kinds, "good"],
+                ['{"id": "x", "video": ', '{"id": "no-video"}'])
+  ds = pipeline.dataset(_cfg(m), "qa", CharTok(), 3, 1, seed=0)
+  good = pipeline.load_clip(records.Record(id="g", video=str(bad_files["good"][0])), _cfg(m))
+  n = len(kinds) + 2
+  for i in range(n + 1):  # one epoch and the first batch of the next
+    np.testing.assert_allclose(ds[i]["frames"][0], good.frames / 255.0)
+  want = collections.Counter(bad_files[k][1] for k in kinds)
+  want["bad_manifest_line"] = 2
+  assert dict(ds.skips.counts) == want
+  assert "skipped 10 bad records" in ds.skips.summary()
+  assert "epoch 0: skipped" in caplog.text  # the epoch summary
+  assert "m.jsonl:11" in caplog.text and "unsupported_codec" in caplog.text
+
+
+def test_skips_keep_batches_a_function_of_the_index(bad_files, tmp_path):
+  """A fresh dataset (no skip memory) reading batch i directly gives the same batch."""
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["missing", "good", "audio_only", "good"])
+  a = pipeline.dataset(_cfg(m), "qa", CharTok(), 3, 2, seed=4)
+  seq = [a[i]["input_ids"] for i in range(4)]
+  b = pipeline.dataset(_cfg(m), "qa", CharTok(), 3, 2, seed=4)
+  np.testing.assert_array_equal(b[3]["input_ids"], seq[3])
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "audio_only", "mixed_sizes"])
+def test_strict_raises_naming_the_record(bad_files, tmp_path, kind):
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", kind])
+  ds = pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 2, seed=0)
+  with pytest.raises(pipeline.RecordError, match=f"record '{kind}'") as e:
+    ds[0]
+  assert e.value.reason == bad_files[kind][1]
+
+
+def test_strict_bad_manifest_line(bad_files, tmp_path):
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good"], ['{"id": "x"'])
+  with pytest.raises(ValueError, match="m.jsonl:2"):
+    pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 1, seed=0)
+
+
+def test_all_bad_is_an_error_not_a_hang(bad_files, tmp_path):
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", "good"])
+  ds = pipeline.dataset(_cfg(m, decode_timeout=0.0), "qa", CharTok(), 3, 1, seed=0)
+  with pytest.raises(ValueError, match=r"every record.*timeout: 1"):
+    ds[0]

@@ -1,0 +1,202 @@
+"""Grain pipeline: synthetic batches unchanged, manifest source end to end, resumable iterator
+state, multi-host row split."""
+
+from __future__ import annotations
+
+import json
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+from test_video import _write_mp4
+
+from longvid_jax.data import pipeline, records, video
+
+
+class CharTok:
+  """One id per character, so decoded prompts can be read back in assertions."""
+  video_token_id = 1000
+  pad_id = 0
+
+  def encode(self, text):
+    return [ord(c) for c in text]
+
+  def apply_chat_template(self, messages, add_generation_prompt):
+    s = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
+    return s + ("<assistant>" if add_generation_prompt else "")
+
+
+def text_of(ids, mask=None):
+  ids = ids if mask is None else ids[mask == 1]
+  return "".join(chr(i) if i < 1000 else "#" for i in ids if i)
+
+
+def synthetic_cfg():
+  return ml_collections.ConfigDict(dict(
+      source="synthetic", num_videos=40, heldout_fraction=0.1, seed=0, shots_per_video=2,
+      frames_per_shot=4, num_frames=4, image_size=16, seq_len=160))
+
+
+def test_synthetic_batches_unchanged():
+  """The synthetic source still yields what the original chain of Grain calls yields."""
+  cfg, tok = synthetic_cfg(), CharTok()
+  ds = pipeline.dataset(cfg, "mix", tok, 4, 3, seed=5)
+  ref = grain.MapDataset.source(pipeline.split_ids(cfg, "train")).shuffle(seed=5).repeat(None)
+  ref = ref.random_map(lambda v, rng: pipeline.example(cfg, "mix", tok, 4, v, rng), seed=5)
+  ref = ref.batch(3, drop_remainder=True)
+  for i in (0, 1, 17):
+    for k in ("frames", "input_ids", "loss_mask"):
+      np.testing.assert_array_equal(ds[i][k], ref[i][k])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """Four tiny videos (different lengths) and a manifest over them."""
+  root = tmp_path_factory.mktemp("corpus")
+  recs = []
+  for j, n in enumerate((12, 20, 9, 16)):
+    _write_mp4(root / f"v{j}.mp4", n=n, fps=10, w=32, h=24, gop=4, bframes=1)
+    recs.append(records.Record(id=f"r{j}", video=f"v{j}.mp4",
+                               turns=((f"What is in clip {j}?", f"thing {j}"),)))
+  recs.append(records.Record(id="mc", video="v1.mp4", turns=(("Which bar?", "left"),),
+                             options=("right", "left"), answer_index=1, start=0.5, end=1.5))
+  records.write_manifest(root / "train.jsonl", recs)
+  return root
+
+
+def manifest_cfg(root, **kw):
+  return ml_collections.ConfigDict(dict(
+      source="manifest", manifest=str(root / "{split}.jsonl"), num_frames=4, image_size=16,
+      seq_len=256, **kw))
+
+
+def test_manifest_examples(corpus):
+  cfg, tok = manifest_cfg(corpus, timestamps=True), CharTok()
+  ds = pipeline.dataset(cfg, "qa", tok, 4, 5, seed=0)
+  b = ds[0]
+  assert b["frames"].shape == (5, 4, 16, 16, 3) and b["frames"].dtype == np.float32
+  assert 0 <= b["frames"].min() and b["frames"].max() <= 1
+  for k in ("input_ids", "attention_mask", "loss_mask"):
+    assert b[k].shape == (5, 256) and b[k].dtype == np.int32
+  assert (b["input_ids"] == tok.video_token_id).sum(1).tolist() == [4] * 5
+  prompts = [text_of(r) for r in b["input_ids"]]
+  answers = {text_of(r, m) for r, m in zip(b["input_ids"], b["loss_mask"])}
+  assert answers == {"thing 0</>", "thing 1</>", "thing 2</>", "thing 3</>", "B</>"}
+  mc = next(p for p in prompts if "Which bar?" in p)
+  assert "A. right\nB. left\nAnswer with the option's letter" in mc
+  # the clip [0.5, 1.5) s of v1 at 10 fps: frames 5..14, uniform centres 6, 8, 11, 13
+  assert "This video samples 4 frames of a 1.0-second video at 0.1, 0.3, 0.6, 0.8 seconds." in mc
+  want = video.read_frames(corpus / "v1.mp4", [6, 8, 11, 13], size=(16, 16)).frames
+  row = prompts.index(mc)
+  np.testing.assert_allclose(b["frames"][row], want / 255.0, atol=1e-7)
+  # a 9-frame video with k=4 and uniform sampling: centres of 4 segments
+  row = next(i for i, p in enumerate(prompts) if "clip 2" in p)
+  want = video.read_frames(corpus / "v2.mp4", [1, 3, 5, 7], size=(16, 16)).frames
+  np.testing.assert_allclose(b["frames"][row], want / 255.0, atol=1e-7)
+
+
+def test_reconstruction_batches_have_frames_only(corpus):
+  b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]
+  assert set(b) == {"frames"} and b["frames"].shape == (2, 4, 16, 16, 3)
+
+
+def test_scores_drive_the_adaptive_sampler(corpus, tmp_path):
+  """Precomputed boundary scores are used (no detector), cuts in dropped frames still count."""
+  scores = np.zeros(20, np.float32)
+  scores[[4, 12]] = 0.9  # shots start at frames 5 and 13
+  np.save(tmp_path / "s.npy", scores)
+  rec = records.Record(id="s", video=str(corpus / "v1.mp4"), scores=str(tmp_path / "s.npy"))
+  cfg = manifest_cfg(corpus, sampler="avs", sampler_args={"window": 2})
+  clip = pipeline.load_clip(rec, cfg)
+  assert {5, 13} <= set(clip.indices.tolist())
+  cfg.fps = 5.0  # keeps even frames only; the cut at 5 moves to the next kept frame, 6
+  clip = pipeline.load_clip(rec, cfg)
+  assert {6, 14} <= set(clip.indices.tolist()) and all(i % 2 == 0 for i in clip.indices)
+
+
+def test_detector_runs_only_when_needed(corpus, monkeypatch):
+  calls = []
+
+  class FakeDetector:
+    def predict_chunks(self, chunks):
+      n = sum(len(c) for c in chunks)
+      calls.append(n)
+      single = np.zeros(n, np.float32)
+      single[9] = 1.0
+      return type("P", (), {"single": single, "embeddings": np.eye(n, 8, dtype=np.float32)})
+
+  monkeypatch.setattr(pipeline, "shot_detector", lambda cfg: FakeDetector())
+  rec = records.Record(id="d", video=str(corpus / "v1.mp4"))
+  pipeline.load_clip(rec, manifest_cfg(corpus))
+  assert calls == []
+  clip = pipeline.load_clip(rec, manifest_cfg(corpus, sampler="avs"))
+  assert calls == [20] and 10 in clip.indices
+  pipeline.load_clip(rec, manifest_cfg(corpus, sampler="longvu"))
+  assert calls == [20, 20]
+
+
+def test_iterator_state_round_trip(corpus):
+  ds = pipeline.dataset(manifest_cfg(corpus), "mix", CharTok(), 4, 2, seed=3)
+  it = pipeline.iterate(ds, 0)
+  [next(it) for _ in range(3)]
+  state = json.dumps(it.get_state())
+  want = [next(it) for _ in range(3)]
+  it.close()
+  again = pipeline.iterate(ds, 0)  # a new run restores the checkpointed state
+  assert isinstance(again, grain.DatasetIterator)
+  again.set_state(json.loads(state))
+  got = [next(again) for _ in range(3)]
+  for w, g in zip(want, got):
+    for k in w:
+      np.testing.assert_array_equal(w[k], g[k])
+  assert again.get_state() == {"next_batch": 6}
+  # and the uninterrupted sequence is batch 3, 4, 5 of the dataset
+  np.testing.assert_array_equal(want[0]["input_ids"], ds[3]["input_ids"])
+  again.close()
+
+
+def test_same_seed_same_batches_other_seed_differs(corpus):
+  a = pipeline.dataset(manifest_cfg(corpus), "qa", CharTok(), 4, 2, seed=7)
+  b = pipeline.dataset(manifest_cfg(corpus), "qa", CharTok(), 4, 2, seed=7)
+  c = pipeline.dataset(manifest_cfg(corpus), "qa", CharTok(), 4, 2, seed=8)
+  ids = lambda d: np.concatenate([d[i]["input_ids"] for i in range(4)])  # noqa: E731
+  np.testing.assert_array_equal(ids(a), ids(b))
+  assert not np.array_equal(ids(a), ids(c))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "manifest"])
+def test_multi_host_rows(corpus, source):
+  cfg = synthetic_cfg() if source == "synthetic" else manifest_cfg(corpus)
+  whole = pipeline.dataset(cfg, "qa", CharTok(), 4, 4, seed=2)
+  parts = [pipeline.dataset(cfg, "qa", CharTok(), 4, 4, seed=2, process_index=p,
+                            process_count=2) for p in range(2)]
+  for i in (0, 1, 5):
+    for k in ("frames", "input_ids"):
+      np.testing.assert_array_equal(np.concatenate([p[i][k] for p in parts]), whole[i][k])
+  with pytest.raises(ValueError, match="divide"):
+    pipeline.dataset(cfg, "qa", CharTok(), 4, 3, seed=2, process_index=0, process_count=2)
+
+
+def test_worker_processes_give_the_same_batches(corpus):
+  cfg = manifest_cfg(corpus, workers=1)
+  ds = pipeline.dataset(cfg, "reconstruction", CharTok(), 4, 2, seed=0)
+  it = pipeline.iterate(ds, 2)
+  got = [next(it) for _ in range(2)]
+  it.close()
+  for i, g in enumerate(got):
+    np.testing.assert_array_equal(g["frames"], ds[2 + i]["frames"])
+
+
+def test_manifest_paths(corpus, tmp_path):
+  cfg = manifest_cfg(corpus)
+  assert pipeline.manifest_paths(cfg, "val") == [str(corpus / "val.jsonl")]
+  per_split = ml_collections.ConfigDict({"manifest": {"train": "a.jsonl"}})
+  assert pipeline.manifest_paths(per_split, "train") == ["a.jsonl"]
+  with pytest.raises(ValueError, match="no 'val' entry"):
+    pipeline.manifest_paths(per_split, "val")
+  for n in range(2):
+    (tmp_path / f"part-{n}.jsonl").write_text("")
+  cfg.manifest = str(tmp_path / "part-*.jsonl")
+  assert [p[-12:] for p in pipeline.manifest_paths(cfg, "train")] == ["part-0.jsonl",
+                                                                      "part-1.jsonl"]

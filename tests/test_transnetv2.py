@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import sys
 
@@ -132,19 +133,24 @@ def test_few_windows_match_reference(ref_model, detector, clip_frames):
 
 
 @pytest.mark.slow
-def test_full_video_matches_reference(ref_model, clip_frames):
+def test_streamed_video_matches_reference(ref_model, clip_frames):
+  """A minute of the clip streamed in chunks (windows straddle chunk edges) against the
+  reference on the same frames held in memory; the whole clip (5301 frames, 109 scenes) takes
+  ten minutes and lives in tools/bench_transnetv2.py."""
   assert clip_frames.shape == (5301, 27, 48, 3)
+  n = 1500
   with torch.no_grad():
-    s_ref, m_ref = ref_model.predict_frames(torch.from_numpy(clip_frames), quiet=True)
-  ours = tn.ShotDetector(batch_windows=2).predict_chunks(
-      c.frames for c in video.iter_frames(asset("cuts_video"), 500, size=(48, 27)))
+    s_ref, m_ref = ref_model.predict_frames(torch.from_numpy(clip_frames[:n]), quiet=True)
+  chunks = itertools.islice(video.iter_frames(asset("cuts_video"), 500, size=(48, 27)), n // 500)
+  ours = tn.ShotDetector(batch_windows=2).predict_chunks(c.frames for c in chunks)
   s_ref, m_ref = s_ref.numpy(), m_ref.numpy()
+  assert ours.single.shape == (n,)
   assert np.abs(ours.single - s_ref).max() < TOL
   assert np.abs(ours.many - m_ref).max() < TOL
   want = type(ref_model).predictions_to_scenes(s_ref, 0.5)
   got = ours.scenes(0.5)
   np.testing.assert_array_equal(got, want)
-  assert len(got) == 109  # the count documented for this clip
+  assert len(got) > 20  # the clip cuts every few seconds
 
 
 @pytest.fixture(scope="module")

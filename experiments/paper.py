@@ -1,7 +1,12 @@
 """The paper's recipe: AE pretraining → projector alignment → joint training → SFT.
 
 `get_config()` is the full-size model (SigLIP-so400m + SVC 4×4×4 + Qwen2-7B); variants:
-  runlocal   the same recipe with small models, few steps and small batches, for one CPU.
+  runlocal   the same recipe for one CPU: small pretrained models (EfficientNet-Lite0 on
+             ImageNet, SmolLM2-135M-Instruct), few frames, steps and small batches.
+
+`model.<group>.weights` names a checkpoint for that group (encoder, reducer, projector, llm);
+`model.init_from` names a params checkpoint (`longvid import` writes one) that replaces every
+group's init.
 """
 
 import pathlib
@@ -37,6 +42,7 @@ def get_config(arg=None):
       weights=None))
   c.model.tokenizer = "qwen_tiktoken"
   c.model.train_encoder = False
+  c.model.init_from = None
 
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic", num_videos=20000, heldout_fraction=0.05, seed=0,
@@ -54,16 +60,20 @@ def get_config(arg=None):
 
 def runlocal(c: ml_collections.ConfigDict) -> None:
   """Shrink sizes and steps so the whole recipe runs on a laptop CPU in minutes."""
-  c.model.encoder.preset = "tiny"
+  # real ImageNet weights that ship offline; at 128 px the stride-16 map is 8×8×112 per frame,
+  # the same token grid a small ViT gives, and 4×4×4 compression leaves 8 tokens per video
+  c.model.encoder = ml_collections.ConfigDict(dict(
+      name="efficientnet_lite0", preset="lite0", args=dict(image_size=128),
+      weights="efficientnet_lite0"))
   c.model.reducer.args.bottleneck = 32
   # a real pretrained instruct LLM that ships offline (GGUF, dequantised at load)
   c.model.llm.weights = "smollm2_135m_instruct_gguf"
   c.model.llm.args = dict(dtype="float32")
   c.model.tokenizer = "gguf:smollm2_135m_instruct_gguf"
   c.data.update(num_videos=400, shots_per_video=4, frames_per_shot=8, num_frames=8,
-                image_size=64, seq_len=96)
+                image_size=128, seq_len=96)
   c.mesh.data = 1
-  for name, steps, lr, bs in (("ae_pretrain", 60, 2e-3, 8), ("align", 30, 2e-3, 2),
+  for name, steps, lr, bs in (("ae_pretrain", 40, 2e-3, 4), ("align", 30, 2e-3, 2),
                               ("joint", 24, 5e-5, 2), ("sft", 24, 5e-5, 2)):
     s = c.stages[name]
     s.update(steps=steps, lr=lr, batch_size=bs, warmup_steps=5, log_every=2,

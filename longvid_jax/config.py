@@ -56,30 +56,151 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
     node[parts[-1]] = value
 
 
+MIN_TEXT_TOKENS = 16  # prompt template + a short answer, next to the visual tokens
+
+
+def _positive_int(value, what: str, fix: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{what} must be a positive integer, got {value!r}; {fix}")
+  return value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Catch bad values before anything compiles; each error says what to change."""
+  """Catch bad values before anything compiles; each error is one line saying what to change.
+
+  Needs only the config: the encoder's token grid and the reducer's token count are computed
+  from module definitions, without building params.
+  """
+  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from longvid_jax.train import stage as stage_lib  # pylint: disable=g-import-not-at-top
+
+  lm_stages = []
   for name in config.recipe:
     if name not in config.stages:
       raise ValueError(f"recipe names stage {name!r} but config.stages has only "
                        f"{', '.join(config.stages.keys())}")
     s = config.stages[name]
     for field in ("steps", "batch_size", "log_every", "checkpoint_every"):
-      if int(s[field]) < 1:
-        raise ValueError(f"stages.{name}.{field} must be >= 1, got {s[field]}")
-    if not (s.lr > 0 and math.isfinite(s.lr)):
+      _positive_int(s[field], f"stages.{name}.{field}", "set it to a value >= 1")
+    if not (isinstance(s.lr, (int, float)) and s.lr > 0 and math.isfinite(s.lr)):
       raise ValueError(f"stages.{name}.lr must be a positive number, got {s.lr}")
     if not s.trainable:
       raise ValueError(f"stages.{name}.trainable is empty; name the groups this stage trains")
+    if s.get("loss") not in stage_lib.LOSSES:
+      raise ValueError(f"stages.{name}.loss={s.get('loss')!r} is unknown; set one of "
+                       f"{stage_lib.LOSSES}")
+    if s.get("task") not in pipeline.TASKS:
+      raise ValueError(f"stages.{name}.task={s.get('task')!r} is unknown; set one of "
+                       f"{pipeline.TASKS}")
+    if s.loss == "lm" and s.task == "reconstruction":
+      raise ValueError(f"stages.{name}: loss 'lm' needs text, but task 'reconstruction' has "
+                       "none; set task to caption, qa or mix")
+    if s.get("nan_policy", "stop") not in stage_lib.NAN_POLICIES:
+      raise ValueError(f"stages.{name}.nan_policy={s.nan_policy!r}; set one of "
+                       f"{stage_lib.NAN_POLICIES}")
+    if s.loss == "lm":
+      lm_stages.append(name)
   d = config.data
   for field in ("num_frames", "image_size", "seq_len", "num_videos"):
-    if int(d[field]) < 1:
-      raise ValueError(f"data.{field} must be >= 1, got {d[field]}")
+    _positive_int(d[field], f"data.{field}", "set it to a value >= 1")
+  _validate_sampler(d)
+  num_visual = _validate_model(config)
+  if lm_stages and num_visual is not None:
+    need = num_visual + MIN_TEXT_TOKENS
+    if need > d.seq_len:
+      raise ValueError(
+          f"data.seq_len={d.seq_len} cannot hold {num_visual} visual tokens plus at least "
+          f"{MIN_TEXT_TOKENS} text tokens (stages {', '.join(lm_stages)}); raise data.seq_len to "
+          f">= {need}, lower data.num_frames or raise the reducer's strides")
+    max_pos = (config.model.llm.get("args") or {}).get("max_position")
+    if max_pos and d.seq_len > max_pos:
+      raise ValueError(f"data.seq_len={d.seq_len} exceeds the LLM's {max_pos} positions "
+                       "(model.llm.args.max_position); lower data.seq_len")
+  _validate_mesh(config)
+
+
+def _validate_sampler(d) -> None:
+  """`data.sampler`: a registry name, or {name, k, args}; k may not exceed data.num_frames."""
+  spec = d.get("sampler")
+  if spec is None:
+    return
+  from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
+  name = spec if isinstance(spec, str) else spec.get("name")
+  if name not in SAMPLERS:
+    raise ValueError(f"data.sampler {name!r} is unknown; set one of {', '.join(SAMPLERS.names())}")
+  k = None if isinstance(spec, str) else spec.get("k")
+  if k is not None:
+    _positive_int(k, "data.sampler.k", "set it to a value >= 1")
+    if k > d.num_frames:
+      raise ValueError(f"data.sampler.k={k} exceeds the frame budget data.num_frames="
+                       f"{d.num_frames}; lower data.sampler.k or raise data.num_frames")
+
+
+def _validate_model(config) -> int | None:
+  """Registry names, reducer strides and the encoder's input size; returns the visual token
+  count (None when the model config is too incomplete to say)."""
+  from longvid_jax.models import encoders, reducers  # pylint: disable=g-import-not-at-top
+  m = config.get("model")
+  if m is None:
+    return None
+  if m.encoder.name not in encoders.ENCODERS:
+    raise ValueError(f"model.encoder.name {m.encoder.name!r} is unknown; set one of "
+                     f"{', '.join(encoders.ENCODERS.names())}")
+  if m.reducer.name not in reducers.REDUCERS:
+    raise ValueError(f"model.reducer.name {m.reducer.name!r} is unknown; set one of "
+                     f"{', '.join(reducers.REDUCERS.names())}")
+  args = dict(m.reducer.get("args") or {})
+  if "strides" in args:
+    st = args["strides"]
+    if (not isinstance(st, (tuple, list)) or len(st) != 3
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in st)):
+      raise ValueError(f"model.reducer.args.strides={st!r} must be three positive integers "
+                       "(s_t, s_h, s_w), e.g. (4, 4, 4)")
+  try:  # the config class alone: no weights are read
+    enc = encoders.config(m.encoder.name, m.encoder.get("preset"),
+                          **dict(m.encoder.get("args") or {}))
+    h, w = enc.grid
+  except (KeyError, ValueError, TypeError) as e:
+    raise ValueError(f"model.encoder ({m.encoder.name}, preset {m.encoder.get('preset')!r}): "
+                     f"{str(e).strip(chr(34) + chr(39))}") from None
+  size = getattr(enc, "image_size", None)
+  if size is not None and size != config.data.image_size:
+    raise ValueError(f"data.image_size={config.data.image_size} but the encoder takes "
+                     f"{size}-pixel frames; set data.image_size={size}")
+  try:
+    reducer = reducers.REDUCERS.get(m.reducer.name)(**args)
+    return int(reducer.num_tokens(int(config.data.num_frames), h, w))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"model.reducer ({m.reducer.name}) on a {config.data.num_frames}×{h}×{w} "
+                     f"token grid: {e}") from None
+
+
+def _validate_mesh(config) -> None:
+  """Mesh sizes against the device count, and batch sizes against the data-parallel size."""
+  if config.get("mesh") is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from longvid_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  try:
+    shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.resolve_shape(config.mesh, jax.device_count())))
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}") from None
+  dp = shape["data"] * shape["fsdp"]
+  for name in config.recipe:
+    bs = config.stages[name].batch_size
+    if bs % dp:
+      raise ValueError(f"stages.{name}.batch_size={bs} does not split over the {dp} data-parallel "
+                       f"devices (mesh data×fsdp); make it a multiple of {dp}")
 
 
 def stage(**fields) -> ml_collections.ConfigDict:
   """A stage config: shared optimisation defaults, overridden by the stage's own fields."""
   c = ml_collections.ConfigDict(dict(
       steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
-      log_every=10, checkpoint_every=500))
+      log_every=10, checkpoint_every=500,
+      # non-finite loss or gradients: "stop" raises, "skip" drops that update and goes on
+      nan_policy="stop",
+      debug_nan_steps=(),  # fault injection: these steps' frames are made NaN
+  ))
   c.update(fields)
   return c

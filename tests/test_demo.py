@@ -1,5 +1,5 @@
-"""The embedded default (configs/demo.py) with fewer steps: every stage, including projector
-alignment to the real pretrained LLM, lowers its loss."""
+"""The embedded default (configs/demo.py) with fewer steps: with the pretrained EfficientNet-Lite0
+encoder and LLM, every stage, including projector alignment to the LLM, lowers its loss."""
 
 import pathlib
 

@@ -1,7 +1,12 @@
-"""The four-stage runner end to end: results, frozen groups, skipping, kill and resume."""
+"""The four-stage runner end to end: results, frozen groups, skipping; kills, preemption and
+damaged files, each ending bit-identical to one uninterrupted run."""
 
 import json
+import logging
 import pathlib
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +18,7 @@ import pytest
 from flax import traverse_util
 
 from longvid_jax import config as config_lib
+from longvid_jax.train import metrics as metrics_lib
 from longvid_jax.train import runner
 
 RECIPE = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
@@ -81,31 +87,88 @@ def _cli(workdir, *extra):
           *extra]
 
 
-def test_killed_stage_resumes_and_matches_uninterrupted_run(finished, tmp_path):
-  done_dir, _ = finished
-  workdir = tmp_path / "killed"
-  proc = subprocess.Popen(_cli(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  ckpts = workdir / "2_align" / "checkpoints"
+def _rows(path: pathlib.Path) -> list[dict]:
+  return [json.loads(r) for r in path.read_text().splitlines()]
+
+
+def _assert_same_run(workdir: pathlib.Path, done_dir: pathlib.Path, stages=STAGES):
+  """Bit-identical params and per-step losses to the uninterrupted run."""
+  for stage in stages:
+    want = [(r["step"], r["loss"]) for r in _rows(done_dir / stage / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in _rows(workdir / stage / "metrics.jsonl")] == want
+    a, b = _params(workdir / stage / "params"), _params(done_dir / stage / "params")
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{stage} {k}")
+
+
+def _interrupt_at(workdir, stage, step, sig, log) -> subprocess.Popen:
+  """Start the run; once `stage` has logged `step`, send `sig` (whatever it is doing by then)."""
+  with open(log, "w") as err:
+    proc = subprocess.Popen(_cli(workdir), stdout=subprocess.DEVNULL, stderr=err)
+  metrics = workdir / stage / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 4 for p in ckpts.iterdir()):
+    if metrics.exists() and any(r["step"] >= step for r in metrics_lib.read_metrics(metrics)):
       break
-    time.sleep(0.05)
-  assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (workdir / "2_align" / "DONE.json").exists()
-  assert (workdir / "1_ae_pretrain" / "DONE.json").exists()
+    time.sleep(0.02)
+  assert proc.poll() is None, pathlib.Path(log).read_text()[-3000:]
+  proc.send_signal(sig)
+  proc.wait(timeout=600)
+  return proc
+
+
+def test_killed_and_preempted_run_matches_uninterrupted_run(finished, tmp_path):
+  """SIGKILL at a random step of stages 1, 2 and 4, SIGTERM in stage 3, then one clean rerun."""
+  done_dir, _ = finished
+  workdir = tmp_path / "killed"
+  rng = random.Random(7)
+  for stage, sig in (("1_ae_pretrain", signal.SIGKILL), ("2_align", signal.SIGKILL),
+                     ("3_joint", signal.SIGTERM), ("4_sft", signal.SIGKILL)):
+    log = tmp_path / f"{stage}.log"
+    proc = _interrupt_at(workdir, stage, rng.randint(1, 11), sig, log)
+    if sig == signal.SIGKILL:
+      assert proc.returncode == -signal.SIGKILL
+      continue
+    # preemption: a checkpoint at the step named in the log, exit code 0, stage not done
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    m = re.search(r"stage (\w+): preempted at step (\d+); rerun the same command to resume",
+                  log.read_text())
+    assert m, log.read_text()[-3000:]
+    stage = next(s for s in STAGES if s.endswith("_" + m.group(1)))  # normally 3_joint
+    assert (workdir / stage / "checkpoints" / m.group(2)).is_dir()
+    assert not (workdir / stage / "DONE.json").exists()
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["preempted"] and summary["stages"][-1]["status"] == "preempted"
 
   out = subprocess.run(_cli(workdir), capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "resuming from step" in (workdir / "run.log").read_text()
-  rows = [json.loads(r) for r in (workdir / "2_align" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == list(range(1, 13))
-  a, b = _params(workdir / "4_sft" / "params"), _params(done_dir / "4_sft" / "params")
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+  assert not json.loads((workdir / "summary.json").read_text())["preempted"]
+  _assert_same_run(workdir, done_dir)
+
+
+def test_stage_chain_survives_kills_between_stages_and_damaged_files(finished, tmp_path, caplog):
+  caplog.set_level(logging.INFO)  # run.log gets the "resuming" line
+  done_dir, _ = finished
+  workdir = tmp_path / "w"
+  shutil.copytree(done_dir, workdir)
+  # killed after stage 2 wrote DONE.json, before stage 3 began
+  shutil.rmtree(workdir / "3_joint")
+  # stage 4 killed while writing params/ (so no DONE.json), and its newest checkpoint garbled
+  (workdir / "4_sft" / "DONE.json").unlink()
+  shutil.rmtree(workdir / "4_sft" / "params")
+  for f in (workdir / "4_sft" / "checkpoints" / "12" / "state").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      data = bytearray(f.read_bytes())
+      data[len(data) // 2:len(data) // 2 + 8] = b"\xa5" * 8
+      f.write_bytes(bytes(data))
+  summary = runner.run(config_lib.load(RECIPE), workdir)
+  assert [s["status"] for s in summary["stages"]] == ["done"] * 4
+  log = (workdir / "run.log").read_text()
+  assert re.search(r"checkpoint .*4_sft/checkpoints/12 is unreadable.*resuming from step 10", log)
+  assert (workdir / "4_sft" / "corrupt" / "12").is_dir()
+  _assert_same_run(workdir, done_dir, ["3_joint", "4_sft"])
 
 
 def test_bad_config_values_fail_before_compiling(tmp_path):

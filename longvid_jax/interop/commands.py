@@ -1,5 +1,6 @@
 """`longvid llm-convert` and `longvid llm-chat`: the text LLM on its own, for checking an import
-before it goes into the multimodal model."""
+before it goes into the multimodal model; `longvid export` and `longvid import`: a whole trained
+model as PyTorch-readable parts, and back."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def _chat(args) -> int:
   return 0
 
 
+def _export(args) -> int:
+  from longvid_jax.interop import export  # pylint: disable=g-import-not-at-top
+  paths = export.export_hf(args.checkpoint, args.out)
+  for part, path in paths.items():
+    print(f"{part:<11} {path}")
+  return 0
+
+
+def _import(args) -> int:
+  from longvid_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from longvid_jax.interop import export  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config) if args.config else None
+  if config is not None:
+    config_lib.override(config, args.set or [])
+  elif args.set:
+    raise ValueError("--set needs --config")
+  out = export.import_hf(args.out_ckpt, args.source, config=config, llm=args.llm,
+                         vision=args.vision, compressor=args.compressor)
+  print(f"wrote {out / 'params'}; start a run from it with\n"
+        f"  longvid run CONFIG --set model.init_from={out}")
+  return 0
+
+
 def register(sub) -> None:
   p = sub.add_parser("llm-convert", help="import an LLM (HF dir, hub id, .gguf, asset name) and "
                      "write it as a Hugging Face directory")
@@ -47,3 +71,24 @@ def register(sub) -> None:
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=_chat)
+
+  p = sub.add_parser("export", help="write a trained model as PyTorch-readable parts: a "
+                     "transformers LLM, the vision tower, the compressor")
+  p.add_argument("checkpoint", help="run workdir, `longvid import` output, or a params "
+                 "directory inside one")
+  p.add_argument("--to", choices=["hf"], default="hf", help="output format (default: hf)")
+  p.add_argument("out", help="directory to write llm/, vision/, compressor/ and longvid.json into")
+  p.set_defaults(func=_export)
+
+  p = sub.add_parser("import", help="build a params checkpoint from exported parts, for "
+                     "`longvid run --set model.init_from=OUT_CKPT`")
+  p.add_argument("source", nargs="?", default=None,
+                 help="directory `longvid export` wrote (optional when parts are given below)")
+  p.add_argument("out_ckpt", help="directory to write params/ and config.json into")
+  p.add_argument("--config", help="config (path.py[:arg]) of the model to build (default: the "
+                 "export's longvid.json)")
+  p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+  p.add_argument("--llm", help="Hugging Face LLM directory / hub id (default: SOURCE/llm)")
+  p.add_argument("--vision", help="vision tower directory (default: SOURCE/vision)")
+  p.add_argument("--compressor", help="exported compressor (default: SOURCE/compressor)")
+  p.set_defaults(func=_import)

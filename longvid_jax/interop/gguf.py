@@ -32,7 +32,12 @@ def _reader(path: pathlib.Path):
 
 def _field(reader, key: str, default=None):
   f = reader.fields.get(key)
-  return default if f is None else f.contents()
+  if f is None:
+    return default
+  try:
+    return f.contents()
+  except Exception as e:  # a field whose type tag and payload disagree
+    raise ValueError(f"GGUF metadata {key} is malformed ({e})") from None
 
 
 def _f32(x) -> float:
@@ -42,6 +47,15 @@ def _f32(x) -> float:
 
 
 def read_config(reader, path: pathlib.Path, compute_dtype: str = "float32") -> LLMConfig:
+  try:
+    cfg = _read_config(reader, path, compute_dtype)
+  except (TypeError, ValueError, ZeroDivisionError, AttributeError, StopIteration) as e:
+    msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e or type(e).__name__}"
+    raise ValueError(msg if "GGUF" in msg else f"{msg} (malformed GGUF metadata)") from None
+  return hf.check_sizes(cfg, f"{path} (GGUF metadata)")
+
+
+def _read_config(reader, path: pathlib.Path, compute_dtype: str) -> LLMConfig:
   arch = _field(reader, "general.architecture")
   if arch not in _FAMILIES:
     raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; expected one of "
@@ -56,22 +70,29 @@ def read_config(reader, path: pathlib.Path, compute_dtype: str = "float32") -> L
   scaling = _field(reader, f"{arch}.rope.scaling.type")
   if scaling not in (None, "none"):
     raise ValueError(f"{path}: rope scaling {scaling!r} is not supported")
+
+  def positive(key, default=None):
+    v = get(key, default)
+    if isinstance(v, bool) or int(v) != v or int(v) < 1:
+      raise ValueError(f"{path}: GGUF metadata {arch}.{key}={v!r} must be a positive integer")
+    return int(v)
+
   names = {t.name for t in reader.tensors}
-  hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+  hidden, heads = positive("embedding_length"), positive("attention.head_count")
   head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // heads))
   tokens = reader.fields.get("tokenizer.ggml.tokens")
   vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
   if vocab is None:
     vocab = next(t.shape[1] for t in reader.tensors if t.name == "token_embd.weight")
   return LLMConfig(
-      vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(get("feed_forward_length")),
-      num_layers=int(get("block_count")), num_heads=heads,
-      num_kv_heads=int(get("attention.head_count_kv", heads)),
+      vocab_size=int(vocab), hidden_size=hidden, intermediate_size=positive("feed_forward_length"),
+      num_layers=positive("block_count"), num_heads=heads,
+      num_kv_heads=positive("attention.head_count_kv", heads),
       head_dim=None if head_dim == hidden // heads else head_dim,
       rope_theta=_f32(get("rope.freq_base", 10000.0)),
       rms_eps=_f32(get("attention.layer_norm_rms_epsilon")),
       tie_embeddings="output.weight" not in names, qkv_bias=arch == "qwen2",
-      max_position=int(get("context_length", 8192)), dtype=compute_dtype)
+      max_position=positive("context_length", 8192), dtype=compute_dtype)
 
 
 def read_tensors(reader, path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -88,7 +109,15 @@ def read_tensors(reader, path: pathlib.Path) -> dict[str, np.ndarray]:
     except NotImplementedError:
       raise ValueError(f"{path}: tensor {t.name} has quantisation {t.tensor_type.name}, which "
                        "gguf.quants cannot dequantise") from None
-    out[t.name] = np.asarray(x, np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
+    except (ValueError, TypeError, IndexError) as e:
+      raise ValueError(f"{path}: tensor {t.name} cannot be read ({e}); the file is corrupt"
+                       ) from None
+    shape = tuple(int(d) for d in reversed(t.shape))
+    try:
+      out[t.name] = np.asarray(x, np.float32).reshape(shape)
+    except ValueError:
+      raise ValueError(f"{path}: tensor {t.name} holds {np.size(x)} values but its header says "
+                       f"shape {shape}; the file is corrupt") from None
   return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Any, Mapping
@@ -97,23 +98,47 @@ def _resolve(source: str | os.PathLike) -> pathlib.Path:
                             "pass a local directory instead") from e
 
 
+def check_sizes(cfg: LLMConfig, where: str) -> LLMConfig:
+  """Refuse sizes no checkpoint can have (zero, negative, non-integer, non-finite), so a
+  hostile or broken config fails here, naming its file, rather than deep inside the model."""
+  for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "max_position"):
+    v = getattr(cfg, field)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{where}: {field}={v!r} must be a positive integer")
+  if cfg.head_dim is not None and (not isinstance(cfg.head_dim, int) or cfg.head_dim < 1):
+    raise ValueError(f"{where}: head_dim={cfg.head_dim!r} must be a positive integer")
+  for field in ("rope_theta", "rms_eps"):
+    v = getattr(cfg, field)
+    if not (isinstance(v, float) and math.isfinite(v) and v > 0):
+      raise ValueError(f"{where}: {field}={v!r} must be a positive finite number")
+  return cfg
+
+
 def read_config(path: pathlib.Path, dtype: str = "float32") -> LLMConfig:
   file = path / "config.json"
   if not file.exists():
     raise FileNotFoundError(f"{file} is missing; a Hugging Face checkpoint directory needs one")
   try:
     c = json.loads(file.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{file} is not valid JSON: {e}") from None
+  if not isinstance(c, dict):
+    raise ValueError(f"{file} must hold a JSON object, not {type(c).__name__}")
   archs = c.get("architectures") or []
   known = {"Qwen2ForCausalLM", "LlamaForCausalLM"}
-  if archs and not set(archs) & known:
+  if not isinstance(archs, list):
+    raise ValueError(f"{file}: 'architectures' must be a list of class names, got {archs!r}")
+  if archs and not set(map(str, archs)) & known:
     raise ValueError(f"{file}: architecture {archs} is not supported; this importer reads "
                      f"{sorted(known)}")
   try:
-    return LLMConfig.from_hf(c, dtype=dtype)
-  except (KeyError, ValueError) as e:
+    cfg = LLMConfig.from_hf(c, dtype=dtype)
+  except KeyError as e:
+    raise ValueError(f"{file}: missing field {e}") from None
+  except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ValueError(f"{file}: {e}") from None
+  return check_sizes(cfg, str(file))
 
 
 def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -121,9 +146,17 @@ def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
   if index.exists():
     try:
       weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
       raise ValueError(f"{index} is not a safetensors index (needs a 'weight_map'): {e}") from None
-    files = [path / f for f in sorted(set(weight_map.values()))]
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) for v in weight_map.values()):
+      raise ValueError(f"{index}: 'weight_map' must map tensor names to file names")
+    files = []
+    for name in sorted(set(weight_map.values())):
+      # shards are plain file names next to the index: never a path out of the directory
+      if pathlib.PurePath(name).name != name or name in (".", "..") or "\\" in name:
+        raise ValueError(f"{index}: shard {name!r} is not a plain file name in {path}")
+      files.append(path / name)
   elif (path / SAFETENSORS_FILE).exists():
     files = [path / SAFETENSORS_FILE]
   else:
@@ -149,6 +182,10 @@ def read_safetensors(files: list[pathlib.Path]) -> tuple[dict[str, np.ndarray], 
     except Exception as e:  # SafetensorError is not importable as a stable public name
       raise ValueError(f"{f} is not a readable safetensors file ({e}); it may be truncated or "
                        "corrupt — download or export it again") from None
+  for name, x in tensors.items():
+    if not np.issubdtype(x.dtype, np.floating) and x.dtype.name != "bfloat16":
+      raise ValueError(f"tensor {name!r} in {origin[name]} has dtype {x.dtype}; weights must be "
+                       "floating point")
   return tensors, origin
 
 

@@ -12,6 +12,7 @@ file's content hash, so later runs need no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -135,9 +136,17 @@ def read_safetensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
   return out
 
 
+def _unbox(tree):
+  """Plain arrays / shapes from a tree that may hold logical-axis boxes; unlike `nn.unbox` it
+  applies no sharding constraint, so it is safe under an active mesh."""
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                      if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def _flat_f32(params: Mapping) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32)
-          for k, v in traverse_util.flatten_dict(nn.unbox(params), sep="/").items()}
+          for k, v in traverse_util.flatten_dict(_unbox(params), sep="/").items()}
 
 
 def _save_safetensors(tensors: Mapping[str, np.ndarray], target: pathlib.Path) -> None:
@@ -187,7 +196,7 @@ def siglip_expected_shapes(cfg) -> dict:
   s = cfg.image_size
   shapes = jax.eval_shape(lambda: SiglipVisionEncoder(cfg).init(
       jax.random.key(0), jnp.zeros((1, s, s, cfg.num_channels))))["params"]
-  return nn.unbox(shapes)
+  return _unbox(shapes)
 
 
 def siglip_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg) -> dict:
@@ -244,7 +253,7 @@ def export_siglip(params: Mapping, cfg, out_dir: str | os.PathLike,
   one reads both."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+  flat = traverse_util.flatten_dict(_unbox(params), sep="/")
   if not cfg.use_head:
     flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
   params = traverse_util.unflatten_dict(flat, sep="/")
@@ -284,7 +293,7 @@ def efficientnet_expected_shapes() -> dict:
   cfg = EfficientNetConfig(image_size=32)  # params do not depend on the image size
   shapes = jax.eval_shape(lambda: EfficientNetLite0(cfg).init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
-  return nn.unbox(shapes)
+  return _unbox(shapes)
 
 
 def efficientnet_from_torch_state_dict(state: Mapping[str, Any]) -> dict:
@@ -316,7 +325,9 @@ def efficientnet_converted_path(source: str | os.PathLike) -> pathlib.Path:
 
 
 def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
-  """Lite0 params from our .safetensors, or from a PyTorch .pth (converted once, then cached).
+  """Lite0 params from a .safetensors file (our names, or efficientnet_pytorch names as
+  `export_efficientnet` writes them), a directory holding one, or a PyTorch .pth (converted
+  once, then cached).
 
   With no argument the ImageNet weights (offline asset `efficientnet_lite0`) are used.
   """
@@ -325,11 +336,20 @@ def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
     from longvid_jax.assets import asset
     source = asset("efficientnet_lite0")
   source = pathlib.Path(source)
+  if source.is_dir():
+    source = source / "model.safetensors"
   if not source.is_file():
     raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {source} (pass a PyTorch "
-                            ".pth state dict or a converted .safetensors file)")
+                            ".pth state dict, a .safetensors file or an exported directory)")
   if source.suffix == ".safetensors":
-    params = traverse_util.unflatten_dict(read_safetensors(source), sep="/")
+    tensors = read_safetensors(source)
+    if any("/" in k for k in tensors):
+      params = traverse_util.unflatten_dict(tensors, sep="/")
+    else:
+      try:
+        params = efficientnet_from_torch_state_dict(tensors)
+      except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
   else:
     target = efficientnet_converted_path(source)
     if target.is_file():
@@ -356,3 +376,23 @@ def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
   except ValueError as e:
     raise ValueError(f"{source}: {e}") from None
   return params
+
+
+def export_efficientnet(params: Mapping, cfg, out_dir: str | os.PathLike) -> pathlib.Path:
+  """Write model.safetensors in efficientnet_pytorch names (`EfficientNet.from_name(
+  "efficientnet-lite0").load_state_dict(..., strict=False)` reads it; only the classifier and BN
+  step counters are absent) and a config.json with our encoder settings."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  tables.check_complete(_flat_nested(params), efficientnet_expected_shapes())
+  flat = traverse_util.flatten_dict(_unbox(dict(params)), sep="/")
+  tensors = tables.to_theirs(traverse_util.unflatten_dict(
+      {k: np.asarray(v) for k, v in flat.items()}, sep="/"), efficientnet_rules())
+  _save_safetensors(tensors, out / "model.safetensors")
+  from longvid_jax.models.encoders import efficientnet
+  config = {"model_type": "efficientnet_lite0", "architecture": "efficientnet-lite0",
+            "naming": "efficientnet_pytorch", "mean": list(efficientnet.IMAGENET_MEAN),
+            "std": list(efficientnet.IMAGENET_STD), **dataclasses.asdict(cfg)}
+  (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+  return out
+

@@ -1,10 +1,17 @@
-"""Build the multimodal model, its tokenizer and its initial params from `config.model`."""
+"""Build the multimodal model, its tokenizer and its initial params from `config.model`.
+
+Initial params come from one of three places, per parameter group (encoder, reducer, projector,
+llm): the checkpoint `model.init_from` names (every group at once), the checkpoint a group's own
+`weights` field names, or random init for the rest.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+import pathlib
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -26,9 +33,27 @@ def tokenizer(cfg):
   return tokenizers.load(cfg.tokenizer, add_video_token=True)
 
 
+@functools.lru_cache(maxsize=2)
+def _pretrained_encoder(name: str, source: str, cfg):
+  log.info("loading %s encoder weights from %s", name, source)
+  return encoders_lib.load_pretrained(name, source, cfg)
+
+
+def _encoder_args(cfg):
+  return cfg.encoder.name, cfg.encoder.get("preset"), dict(cfg.encoder.get("args") or {})
+
+
+def encoder_config(cfg):
+  """The encoder's config dataclass; a checkpoint named by `encoder.weights` may fix shapes."""
+  name, preset, args = _encoder_args(cfg)
+  enc = encoders_lib.config(name, preset, **args)
+  if cfg.encoder.get("weights"):
+    enc = _pretrained_encoder(name, str(cfg.encoder.weights), enc)[1]
+  return enc
+
+
 def encoder(cfg) -> nn.Module:
-  return encoders_lib.build(cfg.encoder.name, cfg.encoder.get("preset"),
-                            **dict(cfg.encoder.get("args") or {}))
+  return encoders_lib.ENCODERS.get(cfg.encoder.name)(encoder_config(cfg))
 
 
 @functools.lru_cache(maxsize=2)
@@ -37,6 +62,13 @@ def _pretrained_llm(source: str):
   log.info("loading LLM weights from %s", source)
   params, llm_cfg, _ = hf.import_llm(source, tokenizer=False)
   return params, llm_cfg
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained_compressor(source: str):
+  from longvid_jax.interop import export  # pylint: disable=g-import-not-at-top
+  log.info("loading reducer / projector weights from %s", source)
+  return export.read_compressor(source)[0]
 
 
 def llm_config(cfg) -> LLMConfig:
@@ -55,6 +87,27 @@ def model(cfg, tok) -> VideoLLM:
       projector=MLPProjector(llm_cfg.hidden_size, depth=cfg.projector.depth),
       llm=DecoderLM(llm_cfg), video_token_id=tok.video_token_id,
       train_encoder=bool(cfg.train_encoder))
+
+
+def pretrained_loaders(cfg) -> dict[str, Callable[[], Mapping]]:
+  """Group name → loader of its params, for every group whose config names `weights`.
+
+  encoder: whatever its class's `load_pretrained` reads (asset name, file, HF directory);
+  llm: anything `interop.hf.import_llm` reads; reducer / projector: an exported compressor
+  directory (`longvid export ... OUT` writes OUT/compressor).
+  """
+  out: dict[str, Callable[[], Mapping]] = {}
+  if cfg.encoder.get("weights"):
+    name, preset, args = _encoder_args(cfg)
+    enc = encoders_lib.config(name, preset, **args)
+    out["encoder"] = lambda: _pretrained_encoder(name, str(cfg.encoder.weights), enc)[0]
+  for group in ("reducer", "projector"):
+    if cfg[group].get("weights"):
+      out[group] = functools.partial(lambda g, src: _pretrained_compressor(src)[g], group,
+                                     str(cfg[group].weights))
+  if cfg.llm.get("weights"):
+    out["llm"] = lambda: _pretrained_llm(cfg.llm.weights)[0]
+  return out
 
 
 def num_visual_tokens(m: VideoLLM, config) -> int:
@@ -88,18 +141,84 @@ def abstract_params(m: VideoLLM, config, num_visual: int, mesh, rules):
   return abstract, shardings
 
 
-def init_params(m: VideoLLM, config, num_visual: int, abstract, shardings):
-  """Random init, created already sharded, then pretrained weights where the config names them."""
-  inputs = dummy_inputs(config, num_visual)
+def _visual_path(mdl: VideoLLM, input_ids, attention_mask, frames):
+  """Touches encoder, reducer and projector only: initialising through it never traces the LLM."""
+  del input_ids, attention_mask
+  return mdl.visual_embeds(mdl.features(frames))
 
-  def init():
-    v = m.init({"params": jax.random.key(config.seed), "noise": jax.random.key(1)}, **inputs)
-    return nn.unbox(v)["params"]
 
-  params = jax.jit(init, out_shardings=shardings)()
-  if config.model.llm.get("weights"):
-    pretrained, _ = _pretrained_llm(config.model.llm.weights)
-    params["llm"] = jax.device_put(
-        jax.tree.map(lambda p, a: np.asarray(p, a.dtype), pretrained, abstract["llm"]),
-        shardings["llm"])
-  return params
+def fit_params(group: str, params: Mapping, abstract: Mapping, where: str) -> dict:
+  """Pretrained `params` cast to the dtypes of `abstract`, after a check naming every mismatch.
+
+  LLM vocabularies may be longer than the model's: an export appends rows for the `<video>`
+  placeholder, which the model never embeds, so trailing rows are dropped."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  got = traverse_util.flatten_dict(dict(params), sep="/")
+  want = traverse_util.flatten_dict(dict(abstract), sep="/")
+  if group == "llm":
+    for k, axis in (("embed_tokens/embedding", 0), ("lm_head/kernel", 1)):
+      if k in got and k in want and np.shape(got[k])[axis] > want[k].shape[axis]:
+        got[k] = np.take(np.asarray(got[k]), np.arange(want[k].shape[axis]), axis=axis)
+  problems = [f"missing {k}" for k in sorted(want.keys() - got.keys())]
+  problems += [f"unexpected {k}" for k in sorted(got.keys() - want.keys())]
+  problems += [f"{k}: shape {tuple(np.shape(got[k]))}, model needs {tuple(want[k].shape)}"
+               for k in sorted(want.keys() & got.keys())
+               if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+  if problems:
+    raise ValueError(f"{group} weights from {where} do not fit the model: "
+                     + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
+  return traverse_util.unflatten_dict(
+      {k: np.asarray(v).astype(want[k].dtype) for k, v in got.items()}, sep="/")
+
+
+def init_from_dir(path: str | pathlib.Path) -> pathlib.Path:
+  """The Orbax params directory of `model.init_from`: a directory written by `longvid import`
+  (holding `params/`) or a params directory itself (e.g. a finished run's `4_sft/params`)."""
+  p = pathlib.Path(path).expanduser()
+  if (p / "params").is_dir():
+    p = p / "params"
+  if not p.is_dir():
+    raise FileNotFoundError(f"model.init_from={str(path)!r} is not a params checkpoint directory "
+                            "(write one with `longvid import`, or name a run's <i>_<stage>/params)")
+  return p.absolute()
+
+
+def init_params(m: VideoLLM, config, num_visual: int, abstract, shardings,
+                pretrained: Mapping[str, Mapping] | None = None):
+  """Every param, created already sharded: all of them from `model.init_from` when it is set;
+  otherwise `pretrained` groups as given, groups whose config names `weights` from there, and
+  only the remaining groups initialised randomly (so a big pretrained LLM is never traced)."""
+  if config.model.get("init_from"):
+    from longvid_jax.train import stage as stage_lib  # pylint: disable=g-import-not-at-top
+    path = init_from_dir(config.model.init_from)
+    log.info("initialising every param from %s", path)
+    try:
+      return stage_lib.load_params(path, abstract)
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"model.init_from={path} does not fit the model this config builds "
+                       f"({e})") from None
+  given: dict[str, Any] = dict(pretrained or {})
+  for group, load in pretrained_loaders(config.model).items():
+    if group in abstract and group not in given:
+      given[group] = load()
+  params = {}
+  rest = [g for g in abstract if g not in given]
+  if rest:
+    inputs = dummy_inputs(config, num_visual)
+    method = None if "llm" in rest else _visual_path
+
+    def init():
+      v = m.init({"params": jax.random.key(config.seed), "noise": jax.random.key(1)}, **inputs,
+                 method=method)
+      return {g: nn.unbox(v)["params"][g] for g in rest}
+
+    params.update(jax.jit(init, out_shardings={g: shardings[g] for g in rest})())
+  for group in abstract:
+    if group in given:
+      fitted = fit_params(group, given[group], abstract[group], where=_weights_name(config, group))
+      params[group] = jax.device_put(fitted, shardings[group])
+  return {g: params[g] for g in abstract}
+
+
+def _weights_name(config, group: str) -> str:
+  return str(config.model[group].get("weights") or "the given checkpoint")

@@ -7,6 +7,11 @@ Layout of a workdir:
   <i>_<stage>/params      the stage's final params (the next stage starts here)
   <i>_<stage>/metrics.jsonl, tensorboard/, DONE.json
 Rerunning skips stages with DONE.json and resumes an interrupted stage from its checkpoint.
+DONE.json is written only after the stage's params are committed, so it always names usable params.
+
+Preemption: SIGTERM or SIGINT saves a checkpoint at the next step boundary and returns normally
+(exit code 0) with the stage's status "preempted" and the log line "preempted at step N; rerun
+the same command to resume". SIGKILL at any moment leaves the last committed checkpoint usable.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import json
 import logging
 import pathlib
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
 
 from longvid_jax import config as config_lib
-from longvid_jax.data import pipeline
+from longvid_jax.data import features, pipeline
 from longvid_jax.models import build
+from longvid_jax.parallel import distributed
 from longvid_jax.parallel import mesh as mesh_lib
+from longvid_jax.train import checkpoint
 from longvid_jax.train import stage as stage_lib
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,26 @@ log = logging.getLogger(__name__)
 
 def stage_dir(workdir: pathlib.Path, index: int, name: str) -> pathlib.Path:
   return workdir / f"{index + 1}_{name}"
+
+
+def with_untrained_reducer(scfg, model, params):
+  """A reducer with weights but no objective of its own (Perceiver, FiLA, LongVU's query map)
+  learns wherever the projector does; the paper's SVC is pretrained and stays as its stage set."""
+  if (hasattr(model.reducer, "reconstruction_loss") or not params.get("reducer")
+      or "projector" not in scfg.trainable or "reducer" in scfg.trainable):
+    return scfg
+  scfg = scfg.copy_and_resolve_references()
+  scfg.trainable = (*scfg.trainable, "reducer")
+  return scfg
+
+
+def _encoder_fingerprint(config, params) -> str | None:
+  """Keys the feature cache to this encoder's definition and weights (None: no cache)."""
+  if not config.data.get("features"):
+    return None
+  e = config.model.encoder
+  return features.encoder_fingerprint(e.name, e.get("preset"), dict(e.get("args") or {}),
+                                      jax.device_get(params["encoder"]))
 
 
 def _log_to(workdir: pathlib.Path) -> logging.Handler:
@@ -42,6 +70,7 @@ def _log_to(workdir: pathlib.Path) -> logging.Handler:
 
 def run(config, workdir: str | pathlib.Path) -> dict:
   """Run (or finish) every stage of `config.recipe`; returns and writes the summary."""
+  distributed.initialize(config)  # before any JAX computation
   config_lib.validate(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -54,29 +83,44 @@ def run(config, workdir: str | pathlib.Path) -> dict:
 
 
 def _run(config, workdir: pathlib.Path) -> dict:
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  checkpoint.write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
   t0 = time.time()
   recipe = list(config.recipe)
   results: list[stage_lib.StageResult] = []
-  pending = [i for i, n in enumerate(recipe)
-             if not (stage_dir(workdir, i, n) / "DONE.json").exists()]
-  for i in range(pending[0] if pending else len(recipe)):  # finished stages: nothing to build
-    results.append(stage_lib.StageResult(
-        **json.loads((stage_dir(workdir, i, recipe[i]) / "DONE.json").read_text())))
+  done = [_done(stage_dir(workdir, i, n)) for i, n in enumerate(recipe)]
+  first = done.index(None) if None in done else len(recipe)
+  for i in range(first):  # finished stages: nothing to build
+    results.append(done[i])
     log.info("stage %d/%d %s: already done, skipping", i + 1, len(recipe), recipe[i])
-  if pending:
-    results += _train(config, workdir, recipe, pending[0])
+  if first < len(recipe):
+    with stage_lib.PreemptionGuard() as guard:
+      results += _train(config, workdir, recipe, first, guard)
+  preempted = any(r.status == "preempted" for r in results)
   summary = {
       "workdir": str(workdir),
       "stages": [dataclasses.asdict(r) for r in results],
       "final_params": str(stage_dir(workdir, len(recipe) - 1, recipe[-1]) / "params"),
       "seconds": round(time.time() - t0, 2),
+      "preempted": preempted,
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  checkpoint.write_json_atomic(workdir / "summary.json", summary)
   return summary
 
 
-def _train(config, workdir: pathlib.Path, recipe: list[str], first: int):
+def _done(sdir: pathlib.Path) -> stage_lib.StageResult | None:
+  """The stage's DONE.json record, or None if it has none (or an unreadable one)."""
+  path = sdir / "DONE.json"
+  if not path.exists():
+    return None
+  try:
+    return stage_lib.StageResult(**json.loads(path.read_text()))
+  except (ValueError, TypeError) as e:
+    log.warning("%s is unreadable (%s); running that stage again from its checkpoint", path, e)
+    return None
+
+
+def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
+           preempted: Callable[[], bool] = lambda: False):
   """Stages first..end; stage `first` starts from the previous stage's params (or init)."""
   tok = build.tokenizer(config.model)
   model = build.model(config.model, tok)
@@ -95,23 +139,33 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int):
     for i in range(first, len(recipe)):
       name, scfg = recipe[i], config.stages[recipe[i]]
       sdir = stage_dir(workdir, i, name)
+      if preempted():
+        note = "preempted before it started; rerun the same command to resume"
+        log.warning("stage %s: %s", name, note)
+        results.append(stage_lib.StageResult(name, "preempted", note=note))
+        break
       if scfg.loss == "reconstruction" and not hasattr(model.reducer, "reconstruction_loss"):
         result = stage_lib.StageResult(name, "skipped", note=(
             f"reducer {config.model.reducer.name!r} has no reconstruction objective"))
         sdir.mkdir(parents=True, exist_ok=True)
         stage_lib.save_params(sdir / "params", params)
-        (sdir / "DONE.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
+        checkpoint.write_json_atomic(sdir / "DONE.json", dataclasses.asdict(result))
         results.append(result)
         continue
+      scfg = with_untrained_reducer(scfg, model, params)
       log.info("stage %d/%d %s: %d steps, training %s", i + 1, len(recipe), name, scfg.steps,
                ", ".join(scfg.trainable))
       ds = pipeline.dataset(config.data, scfg.task, tok, num_visual, scfg.batch_size,
-                            seed=config.seed + i)
-      put = lambda b: jax.device_put(b, batch_sharding)  # noqa: E731
+                            seed=config.seed + i, process_index=jax.process_index(),
+                            process_count=jax.process_count(),
+                            encoder_fingerprint=_encoder_fingerprint(config, params))
+      put = lambda b: distributed.put_batch(b, batch_sharding)  # noqa: E731
       params, result = stage_lib.run_stage(
           name, i, len(recipe), scfg, model, params, lambda s: pipeline.iterate(ds, s), sdir,
-          seed=config.seed + 1000 * (i + 1), put_batch=put)
+          seed=config.seed + 1000 * (i + 1), put_batch=put, preempted=preempted)
       results.append(result)
+      if result.status == "preempted":  # run_stage logged where; the rest waits for a rerun
+        break
       log.info("stage %s done: loss %.4f → %.4f in %.1f s", name, result.first_loss,
                result.final_loss, result.seconds)
   return results

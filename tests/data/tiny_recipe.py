@@ -2,6 +2,8 @@
 
 import pathlib
 
+import ml_collections
+
 from longvid_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -10,7 +12,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def get_config(arg=None):
   del arg
   c = config_lib.load(str(ROOT / "configs" / "demo.py"))
-  c.model.encoder.args = dict(image_size=32, num_layers=1, hidden_size=32, intermediate_size=64)
+  # a tiny random SigLIP: 32-pixel frames in 8-pixel patches, a 4×4 token grid
+  c.model.encoder = ml_collections.ConfigDict(dict(
+      name="siglip", preset="tiny", weights=None,
+      args=dict(image_size=32, num_layers=1, hidden_size=32, intermediate_size=64)))
   c.model.reducer.args.bottleneck = 8
   c.model.llm.weights = None  # a tiny random LLM: fast, but alignment has nothing to align to
   c.model.llm.args = dict(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=1,

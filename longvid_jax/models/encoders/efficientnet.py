@@ -4,9 +4,9 @@ The one pretrained image backbone that is available offline (asset `efficientnet
 is the real-weights encoder for CPU demos. Lite differs from EfficientNet-B0 in ways that matter
 for conversion: ReLU6 instead of swish, no squeeze-excitation, stem and head never rescaled.
 Convolutions use TensorFlow "SAME" padding (asymmetric for stride 2), as the TensorFlow
-original and the PyTorch port these weights come with do. BatchNorm runs in inference mode from stored statistics, kept as plain params
-(`mean`, `var`) so the encoder needs no mutable collection; they are frozen weights, not
-trained.
+original and the PyTorch port these weights come with do. BatchNorm runs in inference mode
+from stored statistics, kept as plain params (`mean`, `var`) so the encoder needs no mutable
+collection; they are frozen weights, not trained.
 
 Which feature map comes out (`output`):
   "stride8"   40 ch, 28×28 at 224 px (block 4)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from typing import Any
 
 import chex
@@ -145,15 +146,46 @@ class FrozenBatchNorm(nn.Module):
     return ((x - mean.astype(self.dtype)) * mul + bias.astype(self.dtype)).astype(self.dtype)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dt: Any, groups: int = 1) -> nn.Conv:
+def _kernel_init(axes):
+  return nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(2.0, "fan_out", "normal"), axes)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dt: Any) -> nn.Conv:
   # A 4.6M-param CNN is cheapest replicated: its axes get their own names ("conv_in",
   # "conv_out"), which the default rules leave unsharded, so batch sharding never fights
   # channel sharding around the depthwise convolutions.
-  axes = (None, None, None if groups > 1 else "conv_in", "conv_out")
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                 feature_group_count=groups, use_bias=False, dtype=dt, name=name,
-                 kernel_init=nn.with_logical_partitioning(
-                     nn.initializers.variance_scaling(2.0, "fan_out", "normal"), axes))
+                 use_bias=False, dtype=dt, name=name,
+                 kernel_init=_kernel_init((None, None, "conv_in", "conv_out")))
+
+
+class DepthwiseConv(nn.Module):
+  """k×k per-channel conv, TF "SAME" padding, as a sum of k² strided shifted products.
+
+  Same params as `nn.Conv(feature_group_count=C)` (kernel[k,k,1,C]) and the same result, but
+  XLA's CPU backend runs grouped convolutions 10-40× slower than this fused elementwise loop.
+  """
+  kernel: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel, self.stride
+    n, h, w, c = x.shape
+    kern = self.param("kernel", _kernel_init((None, None, None, "conv_out")), (k, k, 1, c))
+    kern = kern.astype(self.dtype)
+    oh, ow = -(-h // s), -(-w // s)
+    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+    x = jnp.pad(x.astype(self.dtype),
+                ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    out = None
+    for i in range(k):
+      for j in range(k):
+        tap = x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :] * kern[i, j, 0]
+        out = tap if out is None else out + tap
+    return out
 
 
 class MBConv(nn.Module):
@@ -169,7 +201,7 @@ class MBConv(nn.Module):
     if b.expand != 1:
       h = _conv(b.hidden, 1, 1, "expand_conv", dt)(h)
       h = nn.relu6(FrozenBatchNorm(self.eps, dt, name="bn0")(h))
-    h = _conv(b.hidden, b.kernel, b.stride, "depthwise_conv", dt, groups=b.hidden)(h)
+    h = DepthwiseConv(b.kernel, b.stride, dt, name="depthwise_conv")(h)
     h = nn.relu6(FrozenBatchNorm(self.eps, dt, name="bn1")(h))
     h = _conv(b.cout, 1, 1, "project_conv", dt)(h)
     h = FrozenBatchNorm(self.eps, dt, name="bn2")(h)
@@ -181,6 +213,22 @@ class EfficientNetLite0(nn.Module):
   """frames[N,S,S,3] in [0,1] → tokens[N,h,w,C] ((h,w) = cfg.grid, C = cfg.width)."""
 
   cfg: EfficientNetConfig = EfficientNetConfig()
+
+  @classmethod
+  def load_pretrained(cls, source: str, cfg: EfficientNetConfig
+                      ) -> tuple[dict, EfficientNetConfig]:
+    """`source`: an asset name, a PyTorch .pth state dict or a converted .safetensors file.
+    The weights fit every image size and output, so `cfg` comes back unchanged."""
+    from longvid_jax import assets  # pylint: disable=g-import-not-at-top
+    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
+    return vision.load_efficientnet_lite0(assets.resolve(source)), cfg
+
+  @nn.nowrap
+  def save_pretrained(self, params, out_dir) -> pathlib.Path:
+    """Write `params` where `load_pretrained` and the PyTorch counterpart read them (a plain
+    method, not a module call: it builds modules of its own)."""
+    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
+    return vision.export_efficientnet(params, self.cfg, out_dir)
 
   @property
   def image_size(self) -> int:

@@ -219,14 +219,14 @@ class SiglipAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-    b, l, d = x.shape
-    split = lambda t: t.reshape(b, l, cfg.num_heads, cfg.head_dim)  # noqa: E731
+    b, n, d = x.shape
+    split = lambda t: t.reshape(b, n, cfg.num_heads, cfg.head_dim)  # noqa: E731
     q = split(_dense(d, ("embed", "heads"), dt, "q_proj")(x))
     k = split(_dense(d, ("embed", "heads"), dt, "k_proj")(x))
     v = split(_dense(d, ("embed", "heads"), dt, "v_proj")(x))
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
     out = jax.nn.dot_product_attention(q, k, v)  # bidirectional, scale 1/sqrt(head_dim)
-    return _dense(d, ("heads", "embed"), dt, "out_proj")(out.reshape(b, l, d))
+    return _dense(d, ("heads", "embed"), dt, "out_proj")(out.reshape(b, n, d))
 
 
 class SiglipMLP(nn.Module):
@@ -258,7 +258,7 @@ class SiglipPoolingHead(nn.Module):
   def __call__(self, x: Array) -> Array:
     """x[N,P,D] → pooled[N,D]."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-    n, l, d = x.shape
+    n, _, d = x.shape
     probe = self.param("probe", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), (None, None, "embed")), (1, 1, d))
     w = self.param("in_proj_kernel", nn.with_logical_partitioning(
@@ -288,6 +288,23 @@ class SiglipVisionEncoder(nn.Module):
     self.post_layernorm = _layernorm(cfg, "post_layernorm")
     if cfg.use_head:
       self.head = SiglipPoolingHead(cfg)
+
+  @classmethod
+  def load_pretrained(cls, source: str, cfg: SiglipConfig) -> tuple[dict, SiglipConfig]:
+    """A Hugging Face SigLIP directory or hub id. The checkpoint fixes the tower's shape; `cfg`
+    only contributes our own choices (select_layer, dtype, and dropping the pooling head)."""
+    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
+    kw = dict(select_layer=cfg.select_layer, dtype=cfg.dtype)
+    if not cfg.use_head:
+      kw["use_head"] = False
+    return vision.import_siglip(source, **kw)
+
+  @nn.nowrap
+  def save_pretrained(self, params, out_dir) -> pathlib.Path:
+    """Write `params` where `load_pretrained` and the PyTorch counterpart read them (a plain
+    method, not a module call: it builds modules of its own)."""
+    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
+    return vision.export_siglip(params, self.cfg, out_dir)
 
   @property
   def image_size(self) -> int:

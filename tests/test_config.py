@@ -1,0 +1,69 @@
+"""config.validate: every inconsistent setting fails before anything is built, in one line that
+names the field to change."""
+
+import pathlib
+
+import pytest
+
+from longvid_jax import config as config_lib
+
+RECIPE = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
+
+
+def _bad(edit, match):
+  c = config_lib.load(RECIPE)
+  edit(c)
+  with pytest.raises(ValueError, match=match) as e:
+    config_lib.validate(c)
+  assert "\n" not in str(e.value)
+
+
+def test_shipped_configs_pass():
+  for spec in (RECIPE, "configs/demo.py", "experiments/paper.py"):
+    config_lib.validate(config_lib.load(str(pathlib.Path(__file__).parents[1] / spec)))
+
+
+def test_stage_fields():
+  _bad(lambda c: setattr(c.stages.align, "loss", "contrastive"), r"stages\.align\.loss")
+  _bad(lambda c: setattr(c.stages.sft, "task", "ocr"), r"stages\.sft\.task")
+  _bad(lambda c: setattr(c.stages.joint, "task", "reconstruction"), r"stages\.joint.*caption")
+  _bad(lambda c: setattr(c.stages.sft, "nan_policy", "ignore"), r"stages\.sft\.nan_policy")
+  _bad(lambda c: setattr(c.stages.sft, "steps", 0), r"stages\.sft\.steps.*positive integer")
+  _bad(lambda c: setattr(c, "recipe", ("ae_pretrain", "rlhf")), r"stage 'rlhf'")
+
+
+def test_registry_names():
+  _bad(lambda c: setattr(c.model.encoder, "name", "clip"), r"model\.encoder\.name 'clip'.*siglip")
+  _bad(lambda c: setattr(c.model.reducer, "name", "svd"), r"model\.reducer\.name 'svd'.*svc")
+  _bad(lambda c: setattr(c.model.encoder, "preset", "huge"), r"model\.encoder.*huge")
+  _bad(lambda c: c.data.update(sampler="random"), r"data\.sampler 'random'.*uniform")
+
+
+def test_reducer_strides_and_grid():
+  for strides in ((4, 4), (0, 4, 4), (4, 4.5, 4)):
+    _bad(lambda c, s=strides: setattr(c.model.reducer.args, "strides", s),
+         r"model\.reducer\.args\.strides.*three positive integers")
+  _bad(lambda c: setattr(c.data, "image_size", 48), r"data\.image_size=48.*set data\.image_size=32")
+
+
+def test_token_budget():
+  # 4 frames of a 4×4 grid at strides 1×1×1: 64 visual tokens, plus text, in seq_len 70
+  def edit(c):
+    c.model.reducer.args.strides = (1, 1, 1)
+    c.data.seq_len = 70
+  _bad(edit, r"data\.seq_len=70 cannot hold 64 visual tokens.*raise data\.seq_len to >= 80")
+  _bad(lambda c: c.model.llm.args.update(max_position=64), r"exceeds the LLM's 64 positions")
+
+
+def test_sampler_k_within_frame_budget():
+  c = config_lib.load(RECIPE)
+  c.data.sampler = dict(name="uniform", k=4)
+  config_lib.validate(c)
+  _bad(lambda c: c.data.update(sampler=dict(name="uniform", k=9)),
+       r"data\.sampler\.k=9 exceeds the frame budget data\.num_frames=4")
+
+
+def test_mesh_against_devices():  # conftest gives 8 CPU devices
+  _bad(lambda c: c.mesh.update(data=3), r"config\.mesh.*change the mesh sizes")
+  _bad(lambda c: c.mesh.update(data=-1, fsdp=3), r"config\.mesh")
+  _bad(lambda c: c.mesh.update(data=4), r"stages\.ae_pretrain\.batch_size=2.*multiple of 4")

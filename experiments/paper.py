@@ -46,10 +46,16 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic", num_videos=20000, heldout_fraction=0.05, seed=0,
-      shots_per_video=8, frames_per_shot=16, num_frames=32, image_size=384, seq_len=2048))
+      shots_per_video=8, frames_per_shot=16, num_frames=32, image_size=384, seq_len=2048,
+      # source="manifest": JSONL records (see longvid_jax.data.records), "{split}" in the path
+      manifest=None, sampler="uniform", sampler_args={}, fps=None, timestamps=False,
+      strict=False, decode_timeout=120.0, workers=0, features=None))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = None  # None: longvid_jax.parallel.mesh.DEFAULT_RULES
+  # multi-process jobs: left unset, TPU pods / SLURM / JAX_* environment variables are detected
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator=None, num_processes=None, process_id=None, auto=False))
 
   if arg == "runlocal":
     runlocal(c)

@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from longvid_jax.interop import llm_tables
 from longvid_jax.interop import tables
+from longvid_jax.models import llm as llm_lib
 from longvid_jax.models.llm import DecoderLM, LLMConfig
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -247,7 +248,7 @@ def export_llm(params, cfg: LLMConfig, out_dir: str | os.PathLike, tokenizer=Non
 
   Params keep their dtype (bf16 stays bf16) unless `dtype` is given.
   """
-  params = _cast(jax.device_get(params), dtype)
+  params = _cast(jax.device_get(llm_lib.unstack_layers(params)), dtype)  # tables name layers_{i}
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   check_params(flat, cfg, source="params")
   out = pathlib.Path(out_dir)

@@ -20,6 +20,7 @@ import numpy as np
 
 from longvid_jax.models import encoders as encoders_lib
 from longvid_jax.models import reducers as reducers_lib
+from longvid_jax.models import llm as llm_lib
 from longvid_jax.models.llm import DecoderLM, LLMConfig
 from longvid_jax.models.mllm import VideoLLM
 from longvid_jax.models.projector import MLPProjector
@@ -106,7 +107,7 @@ def pretrained_loaders(cfg) -> dict[str, Callable[[], Mapping]]:
       out[group] = functools.partial(lambda g, src: _pretrained_compressor(src)[g], group,
                                      str(cfg[group].weights))
   if cfg.llm.get("weights"):
-    out["llm"] = lambda: _pretrained_llm(cfg.llm.weights)[0]
+    out["llm"] = lambda: llm_lib.to_layout(_pretrained_llm(cfg.llm.weights)[0], llm_config(cfg))
   return out
 
 

@@ -8,17 +8,40 @@ the config's rules decide how they are sharded.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
 
 _HF_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def remat_policy(name: str):
+  """Config name → what `nn.remat` saves: False (no remat), None (save nothing), or a policy.
+
+  `full` recomputes the whole layer in the backward pass (least memory); the named
+  jax.checkpoint_policies (`dots_saveable`, `dots_with_no_batch_dims_saveable`, ...) keep matmul
+  outputs, trading memory for less recompute.
+  """
+  if name == "none":
+    return False
+  if name == "full":
+    return None
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None or name.startswith("_"):
+    names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+    raise ValueError(f"remat_policy={name!r}: use none, full or one of {', '.join(names)}")
+  if name.startswith(("save_", "offload_", "save_and_")):  # factories taking names, not policies
+    raise ValueError(f"remat_policy={name!r} needs arguments; name a ready policy such as "
+                     "dots_saveable or nothing_saveable")
+  return policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +61,11 @@ class LLMConfig:
   tie_embeddings: bool = True
   qkv_bias: bool = False  # Qwen2 has q/k/v biases, Llama does not
   max_position: int = 8192
-  dtype: str = "float32"  # compute dtype; params keep the dtype they were created or loaded in
+  dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators)
+  param_dtype: str = "float32"  # master weights stay fp32 when compute is bf16
+  scan_layers: bool = False  # one scanned layer: much faster compiles, params stacked [layers,...]
+  remat_policy: str = "none"  # none | full | a jax.checkpoint_policies name (dots_saveable, ...)
+  attention_impl: str = "auto"  # auto (cudnn on GPU when it applies, else xla) | xla | cudnn
 
   @property
   def dim_per_head(self) -> int:
@@ -54,6 +81,9 @@ class LLMConfig:
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
     if self.dim_per_head % 2:
       raise ValueError(f"head_dim={self.dim_per_head} must be even for rotary embeddings")
+    remat_policy(self.remat_policy)  # fail at config time, not at trace time
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: choose one of {ATTENTION_IMPLS}")
 
   @classmethod
   def from_hf(cls, config: Any, dtype: str = "float32") -> LLMConfig:
@@ -150,8 +180,10 @@ class KVCache:
     return self.mask.shape[1]
 
 
-def _dense(features: int, axes: tuple[str, str], bias: bool, dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, use_bias=bias, dtype=dtype, name=name,
+def _dense(features: int, axes: tuple[str, str], bias: bool, cfg: LLMConfig, name: str
+           ) -> nn.Dense:
+  return nn.Dense(features, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
+                  param_dtype=jnp.dtype(cfg.param_dtype), name=name,
                   kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
@@ -159,11 +191,12 @@ def _dense(features: int, axes: tuple[str, str], bias: bool, dtype: Any, name: s
 class RMSNorm(nn.Module):
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     scale = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                       (x.shape[-1],))
+                       (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * scale).astype(self.dtype)
@@ -181,6 +214,16 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return out.astype(x.dtype)
 
 
+def attention_impl(cfg: LLMConfig, q: Array, decoding: bool) -> str:
+  """The jax.nn.dot_product_attention backend: cuDNN's fused kernel only where it applies (GPU,
+  16-bit inputs, head_dim a multiple of 8 up to 128, not one-token decoding), else XLA's."""
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  fits = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+          and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and not decoding)
+  return "cudnn" if fits else "xla"
+
+
 class Attention(nn.Module):
   cfg: LLMConfig
 
@@ -188,24 +231,26 @@ class Attention(nn.Module):
   def __call__(self, x: Array, positions: Array, mask: Array, kv=None, index=None):
     """mask[B,L,S] over keys; with `kv` (cache k, v [B,S,Nkv,H]) the new keys are written at
     slot `index` and attention runs over the whole cache, returning (out, (k, v))."""
-    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    cfg = self.cfg
     hd = cfg.dim_per_head
-    b, l, _ = x.shape
-    q = _dense(cfg.num_heads * hd, ("embed", "heads"), cfg.qkv_bias, dt, "q_proj")(x)
-    k = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, dt, "k_proj")(x)
-    v = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, dt, "v_proj")(x)
-    q = rope(q.reshape(b, l, cfg.num_heads, hd), positions, cfg.rope_theta)
-    k = rope(k.reshape(b, l, cfg.num_kv_heads, hd), positions, cfg.rope_theta)
-    v = v.reshape(b, l, cfg.num_kv_heads, hd)
+    b, t, _ = x.shape
+    q = _dense(cfg.num_heads * hd, ("embed", "heads"), cfg.qkv_bias, cfg, "q_proj")(x)
+    k = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, cfg, "k_proj")(x)
+    v = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, cfg, "v_proj")(x)
+    q = rope(q.reshape(b, t, cfg.num_heads, hd), positions, cfg.rope_theta)
+    k = rope(k.reshape(b, t, cfg.num_kv_heads, hd), positions, cfg.rope_theta)
+    v = v.reshape(b, t, cfg.num_kv_heads, hd)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
     if kv is not None:
       k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
       kv = (k, v)
       k, v = k.astype(q.dtype), v.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])  # GQA handled natively
-    out = out.reshape(b, l, cfg.num_heads * hd)
-    out = _dense(cfg.hidden_size, ("heads", "embed"), False, dt, "o_proj")(out)
+    out = jax.nn.dot_product_attention(  # GQA handled natively
+        q, k, v, mask=mask[:, None], implementation=attention_impl(cfg, q, kv is not None))
+    out = nn.with_logical_constraint(out.reshape(b, t, cfg.num_heads * hd),
+                                     ("act_batch", "act_len", "act_heads"))
+    out = _dense(cfg.hidden_size, ("heads", "embed"), False, cfg, "o_proj")(out)
     return out if kv is None else (out, kv)
 
 
@@ -214,46 +259,69 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), False, dt, "gate_proj")(x)
-    up = _dense(cfg.intermediate_size, ("embed", "mlp"), False, dt, "up_proj")(x)
+    cfg = self.cfg
+    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), False, cfg, "gate_proj")(x)
+    up = _dense(cfg.intermediate_size, ("embed", "mlp"), False, cfg, "up_proj")(x)
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
-    return _dense(cfg.hidden_size, ("mlp", "embed"), False, dt, "down_proj")(h)
+    return _dense(cfg.hidden_size, ("mlp", "embed"), False, cfg, "down_proj")(h)
 
 
 class DecoderLayer(nn.Module):
+  """x[B,L,D] → (x, kv). The (carry, per-layer input) → (carry, per-layer output) signature is
+  what `nn.scan` needs, so the same module runs unrolled or scanned."""
+
   cfg: LLMConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array, kv=None, index=None):
-    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-    h = RMSNorm(cfg.rms_eps, dt, name="input_layernorm")(x)
+  def __call__(self, x: Array, kv, positions: Array, mask: Array, index=None):
+    cfg, dt, pdt = self.cfg, jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
+    h = RMSNorm(cfg.rms_eps, dt, pdt, name="input_layernorm")(x)
     a = Attention(cfg, name="self_attn")(h, positions, mask, kv, index)
     if kv is not None:
       a, kv = a
     x = x + a
-    h = RMSNorm(cfg.rms_eps, dt, name="post_attention_layernorm")(x)
+    h = RMSNorm(cfg.rms_eps, dt, pdt, name="post_attention_layernorm")(x)
     x = x + MLP(cfg, name="mlp")(h)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
-    return x if kv is None else (x, kv)
+    return x, kv
+
+
+def _layer_class(cfg: LLMConfig):
+  """DecoderLayer, rematerialised per `cfg.remat_policy` and scanned when `cfg.scan_layers`."""
+  cls, policy = DecoderLayer, remat_policy(cfg.remat_policy)
+  if policy is not False:
+    # scan already keeps XLA from merging recompute into the forward pass
+    cls = nn.remat(cls, policy=policy, prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                  in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                  metadata_params={nn.PARTITION_NAME: "layers"})
+  return cls
 
 
 class DecoderLM(nn.Module):
-  """embeds[B,L,D] → logits[B,L,V]; `embed` maps token ids to the same space."""
+  """embeds[B,L,D] → logits[B,L,V]; `embed` maps token ids to the same space.
+
+  Layers are `layers_{i}` (the Hugging Face layout) or, with `cfg.scan_layers`, one `layers`
+  whose params carry a leading [num_layers] axis; `to_layout` converts between the two.
+  """
 
   cfg: LLMConfig
 
   def setup(self):
-    cfg = self.cfg
+    cfg, dt, pdt = self.cfg, jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
     self.embed_tokens = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+        cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                     ("vocab", "embed")))
-    self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-    self.norm = RMSNorm(cfg.rms_eps, jnp.dtype(cfg.dtype))
+    layer = _layer_class(cfg)
+    if cfg.scan_layers:
+      self.layers = layer(cfg, name="layers")
+    else:
+      self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.norm = RMSNorm(cfg.rms_eps, dt, pdt)
     if not cfg.tie_embeddings:
-      self.lm_head = _dense(cfg.vocab_size, ("embed", "vocab"), False, jnp.dtype(cfg.dtype),
-                            "lm_head")
+      self.lm_head = _dense(cfg.vocab_size, ("embed", "vocab"), False, cfg, "lm_head")
 
   def embed(self, tokens: Array) -> Array:
     return self.embed_tokens(tokens)
@@ -266,25 +334,30 @@ class DecoderLM(nn.Module):
     cache.index.. and attend to every filled slot before them; returns (logits, cache).
     `last_only` computes logits of the final position only (what decoding needs).
     """
-    l = embeds.shape[1]
+    t = embeds.shape[1]
     valid = attention_mask.astype(bool)
     if cache is None:
-      causal = jnp.tril(jnp.ones((l, l), dtype=bool))
+      causal = jnp.tril(jnp.ones((t, t), dtype=bool))
       mask = causal[None] & valid[:, None, :]  # [B,L,L]
     else:
       keys = jax.lax.dynamic_update_slice_in_dim(cache.mask, valid, cache.index, axis=1)
-      q_slot = cache.index + jnp.arange(l)
+      q_slot = cache.index + jnp.arange(t)
       causal = jnp.arange(cache.size)[None, :] <= q_slot[:, None]  # [L,S]
       mask = causal[None] & keys[:, None, :]
     x = nn.with_logical_constraint(embeds, ("act_batch", "act_len", "act_embed"))
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      if cache is None:
-        x = layer(x, positions, mask)
-      else:
-        x, (k, v) = layer(x, positions, mask, (cache.k[i], cache.v[i]), cache.index)
-        new_k.append(k)
-        new_v.append(v)
+    index = None if cache is None else cache.index
+    if self.cfg.scan_layers:
+      kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
+      x, kv = self.layers(x, kv, positions, mask, index)
+      new_k, new_v = (None, None) if kv is None else (tuple(kv[0]), tuple(kv[1]))
+    else:
+      new_k, new_v = [], []
+      for i, layer in enumerate(self.layers):
+        x, kv = layer(x, None if cache is None else (cache.k[i], cache.v[i]), positions, mask,
+                      index)
+        if kv is not None:
+          new_k.append(kv[0])
+          new_v.append(kv[1])
     if last_only:
       x = x[:, -1:]
     x = self.norm(x)
@@ -296,4 +369,31 @@ class DecoderLM(nn.Module):
                                         ("act_batch", "act_len", "act_vocab"))
     if cache is None:
       return logits
-    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), mask=keys, index=cache.index + l)
+    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), mask=keys, index=cache.index + t)
+
+
+def stack_layers(params: Mapping[str, Any]) -> dict:
+  """LLM params with `layers_{i}` subtrees → one `layers` subtree stacked on a leading axis."""
+  n = sum(1 for k in params if k.startswith("layers_"))
+  if not n:
+    return dict(params)
+  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  stack = jnp.stack if any(isinstance(x, jax.Array) for x in jax.tree.leaves(params)) else np.stack
+  out["layers"] = jax.tree.map(lambda *xs: stack(xs), *[params[f"layers_{i}"] for i in range(n)])
+  return out
+
+
+def unstack_layers(params: Mapping[str, Any]) -> dict:
+  """Inverse of `stack_layers`: the per-layer layout that checkpoint conversion tables name."""
+  if "layers" not in params:
+    return dict(params)
+  out = {k: v for k, v in params.items() if k != "layers"}
+  n = jax.tree.leaves(params["layers"])[0].shape[0]
+  for i in range(n):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return out
+
+
+def to_layout(params: Mapping[str, Any], cfg: LLMConfig) -> dict:
+  """LLM params in either layout → the one `cfg.scan_layers` builds (a no-op when they match)."""
+  return stack_layers(params) if cfg.scan_layers else unstack_layers(params)

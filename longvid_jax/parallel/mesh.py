@@ -35,6 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("kv", "tensor"),
     ("norm", None),
+    ("layers", None),  # the stacked axis of scanned layers
 )
 
 

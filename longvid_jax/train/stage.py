@@ -173,7 +173,7 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   poison = {int(s) for s in (cfg.get("debug_nan_steps") or ())}
   tx = optim.make_optimizer(cfg, params)
   trainable = optim.trainable_mask(params, cfg.trainable)
-  state = {"params": params, "opt_state": jax.jit(tx.init)(params),
+  state = {"params": params, "opt_state": optim.init_opt_state(tx, params),
            "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
   ckpt_dir = stage_dir / "checkpoints"
   mngr = checkpoint.manager(ckpt_dir, cfg.checkpoint_every)

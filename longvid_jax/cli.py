@@ -13,6 +13,8 @@ COMMAND_MODULES = (
     "longvid_jax.cli",  # run
     "longvid_jax.sampling.commands",  # shots, sample
     "longvid_jax.interop.commands",  # llm-convert, llm-chat
+    "longvid_jax.data.commands",  # convert-dataset
+    "longvid_jax.evaluate.commands",  # make-benchmark, ask, eval
 )
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     return args.func(args)
-  except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, KeyError, OSError, FloatingPointError) as e:  # OSError: files, storage
     print(f"longvid {args.command}: error: {e}", file=sys.stderr)
     return 2
 

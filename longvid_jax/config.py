@@ -199,6 +199,7 @@ def stage(**fields) -> ml_collections.ConfigDict:
       steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
       log_every=10, checkpoint_every=500,
       grad_accum=1,  # batches per optimiser update (optax.MultiSteps)
+      keep_checkpoints=False,  # keep checkpoints/ (train states) once the stage is done
       # non-finite loss or gradients: "stop" raises, "skip" drops that update and goes on
       nan_policy="stop",
       debug_nan_steps=(),  # fault injection: these steps' frames are made NaN

@@ -20,6 +20,8 @@ COLORS = {
 }
 BACKGROUNDS = {"black": (15, 15, 15), "gray": (128, 128, 128), "white": (240, 240, 240)}
 SHAPES = ("circle", "square", "triangle")
+# Only the long-video benchmark draws these; `make_spec` keeps to SHAPES so its videos stay put.
+EXTRA_SHAPES = ("diamond", "cross")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +71,27 @@ def _mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: f
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
   if shape == "square":
     return (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+  if shape == "diamond":
+    return np.abs(yy - cy) + np.abs(xx - cx) <= r
+  if shape == "cross":
+    arm = r * 0.35
+    return (((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= r)) |
+            ((np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= r)))
+  if shape != "triangle":
+    raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES + EXTRA_SHAPES}")
   # upward triangle: below the apex, above the base, inside both slanted sides
   return (yy <= cy + r) & (np.abs(xx - cx) <= (yy - (cy - r)) * 0.6)
+
+
+def paint(size: int, background: str, shape: str, color: str,
+          centres: list[tuple[float, float]], radius: float) -> np.ndarray:
+  """One frame[size,size,3] uint8: several copies of a shape, so counts can be asked about."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+  out = np.empty((size, size, 3), np.uint8)
+  out[:] = BACKGROUNDS[background]
+  for cy, cx in centres:
+    out[_mask(shape, yy, xx, cy, cx, radius)] = COLORS[color]
+  return out
 
 
 def render(spec: VideoSpec, size: int = 64, indices: np.ndarray | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import pathlib
 import signal
+import shutil
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -271,6 +272,9 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   result = StageResult(status="done", checkpoint=str((stage_dir / "params").absolute()),
                        **summary)
   checkpoint.write_json_atomic(stage_dir / "DONE.json", dataclasses.asdict(result))
+  if not cfg.get("keep_checkpoints", False):
+    # they only serve to resume this stage; with an LLM in the optimiser they are gigabytes
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
   return state["params"], result
 
 

@@ -1,0 +1,192 @@
+"""Multiple-choice evaluation over a Record manifest: accuracy per task, visual tokens and
+seconds per sample, as JSON and as a table.
+
+An answerer maps a record to {"choice": option index or None, ...}; the model (log-likelihood
+ranking or generation plus parsing), the frame oracle and the option prior all fit that shape, so
+their numbers land in the same table.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from longvid_jax.data.records import LETTERS, Record
+from longvid_jax.evaluate import oracle
+
+Answerer = Callable[[Record], dict]
+
+
+def parse_choice(text: str, options: Sequence[str]) -> int | None:
+  """A generated reply → option index: a leading letter ("B", "(B)", "B. red"), else the one
+  option whose text it is or contains; None when it names none or several."""
+  t = text.strip()
+  m = re.match(r"^\(?([A-J])(?:[\).:,]|\s|$)", t)
+  if m and LETTERS.index(m.group(1)) < len(options):
+    return LETTERS.index(m.group(1))
+  low = t.lower().strip(" .!\"'")
+  exact = [i for i, o in enumerate(options) if o.lower() == low]
+  if exact:
+    return exact[0]
+  hits = [i for i, o in enumerate(options)
+          if re.search(r"\b" + re.escape(o.lower()) + r"\b", low)]
+  # "a red circle" also matches option "red": drop options inside another matched option
+  hits = [i for i in hits if not any(j != i and options[i].lower() in options[j].lower()
+                                     for j in hits)]
+  return hits[0] if len(hits) == 1 else None
+
+
+def truth_scores(record: Record) -> np.ndarray:
+  """Shot-start scores from the generator's timeline: 1 at every cut, 0 elsewhere."""
+  s = np.zeros(int(record.meta["num_frames"]), np.float32)
+  for shot in record.meta["timeline"][1:]:
+    s[shot["start_frame"]] = 1.0
+  return s
+
+
+class OracleAnswerer:
+  """The frame oracle behind a sampler; shot scores from the timeline ("truth") or from
+  TransNetV2 on the file ("transnetv2")."""
+
+  def __init__(self, sampler: str = "uniform", k: int = 8, scores: str = "truth",
+               score_fn: Callable[[str], np.ndarray] | None = None):
+    from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
+    self.sampler, self.k, self.scores = SAMPLERS.get(sampler)(), k, scores
+    self._cache: dict[str, np.ndarray] = {}
+    if score_fn is not None:  # e.g. a Predictor's memoised detector, so videos are scored once
+      self.scores, self._score_fn = "given", score_fn
+
+  def indices(self, record: Record) -> np.ndarray:
+    n = int(record.meta["num_frames"])
+    s = None
+    if "scores" in self.sampler.needs:
+      if self.scores == "truth":
+        s = truth_scores(record)
+      elif self.scores == "given":
+        s = self._score_fn(record.video)
+      else:
+        if record.video not in self._cache:
+          from longvid_jax.sampling.samplers import shot_start_scores  # pylint: disable=g-import-not-at-top
+          from longvid_jax.sampling.transnetv2 import ShotDetector  # pylint: disable=g-import-not-at-top
+          if not hasattr(self, "_det"):
+            self._det = ShotDetector()
+          self._cache[record.video] = shot_start_scores(
+              self._det.predict_video(record.video).single)
+        s = self._cache[record.video]
+    sel = self.sampler(self.k, num_frames=n, scores=s)
+    return sel.indices[sel.valid]
+
+  def __call__(self, record: Record) -> dict:
+    idx = self.indices(record)
+    return {"choice": oracle.oracle_choice(record, idx), "visual_tokens": 0,
+            "evidence_seen": oracle.evidence_seen(record, idx)}
+
+
+MODES = ("loglik", "calibrated", "generate")
+
+
+class ModelAnswerer:
+  """A Predictor; a video's features are computed once for all its questions in a row.
+
+  Modes: `loglik` ranks options by log p(option | video, question); `calibrated` subtracts the
+  same score with black frames, so an option wins by what the video adds to it, not by how
+  likely the language model finds it anyway; `generate` decodes a reply and parses it.
+  """
+
+  def __init__(self, predictor, mode: str = "loglik", max_new_tokens: int = 24):
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    self.p, self.mode, self.max_new_tokens = predictor, mode, max_new_tokens
+    self._key, self._clip, self._feats, self._blank = None, None, None, None
+
+  def __call__(self, r: Record) -> dict:
+    key = (r.video, r.start, r.end)
+    if key != self._key:
+      self._clip = self.p.clip(r.video, r.start, r.end, r.scores)
+      self._feats = self.p.features(self._clip)
+      self._key = key
+    pre = self.p.preamble(self._clip)
+    out = {"visual_tokens": self.p.num_visual,
+           "frames": self._clip.indices[self._clip.valid].tolist()}
+    if "evidence" in r.meta:
+      out["evidence_seen"] = oracle.evidence_seen(r, out["frames"])
+    if self.mode in ("loglik", "calibrated"):
+      scores = self.p.loglik(self._feats, r.question, r.options, pre)
+      if self.mode == "calibrated":
+        if self._blank is None:  # black frames look the same in every video
+          self._blank = self.p.features(self._clip, blank=True)
+        scores = scores - self.p.loglik(self._blank, r.question, r.options, pre)
+      out.update(choice=int(np.argmax(scores)), scores=[round(float(s), 4) for s in scores])
+    else:
+      from longvid_jax.evaluate.predictor import mc_question  # pylint: disable=g-import-not-at-top
+      text = self.p.generate(self._feats, mc_question(r.question, r.options), pre,
+                             self.max_new_tokens)
+      out.update(choice=parse_choice(text, r.options), reply=text)
+    return out
+
+
+def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
+             progress: bool = False) -> dict:
+  """Run `answer` over multiple-choice records; returns {"rows": [...], "summary": {...}}."""
+  recs = [r for r in recs if r.options and r.answer_index is not None][:limit]
+  if not recs:
+    raise ValueError("no multiple-choice records (options + answer_index) to evaluate")
+  it = recs
+  if progress:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    it = tqdm(recs, unit="q", desc="eval")
+  rows = []
+  for r in it:
+    t0 = time.time()
+    out = answer(r)
+    rows.append({"id": r.id, "task": r.task, "answer_index": r.answer_index,
+                 "num_options": len(r.options), "correct": out.get("choice") == r.answer_index,
+                 "seconds": round(time.time() - t0, 4), **out})
+  return {"rows": rows, "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> dict:
+  by = collections.defaultdict(list)
+  for row in rows:
+    by[row["task"]].append(row)
+  tasks = {}
+  for t in sorted(by):
+    rs = by[t]
+    tasks[t] = {"n": len(rs), "accuracy": float(np.mean([r["correct"] for r in rs])),
+                "chance": float(np.mean([1 / r["num_options"] for r in rs]))}
+    seen = [r["evidence_seen"] for r in rs if "evidence_seen" in r]
+    if seen:
+      tasks[t]["evidence_seen"] = float(np.mean(seen))
+  seen = [r["evidence_seen"] for r in rows if "evidence_seen" in r]
+  return {
+      **({"evidence_seen": float(np.mean(seen))} if seen else {}),
+      "n": len(rows),
+      "accuracy": float(np.mean([r["correct"] for r in rows])),
+      "mean_task_accuracy": float(np.mean([v["accuracy"] for v in tasks.values()])),
+      "chance": float(np.mean([1 / r["num_options"] for r in rows])),
+      "unparsed": sum(r.get("choice") is None for r in rows),
+      "visual_tokens_per_sample": float(np.mean([r.get("visual_tokens", 0) for r in rows])),
+      "seconds_per_sample": float(np.mean([r["seconds"] for r in rows])),
+      "tasks": tasks,
+  }
+
+
+def table(summary: dict, title: str = "") -> str:
+  """A Markdown table: one row per task, then the overall row."""
+  lines = [f"**{title}**", ""] if title else []
+  lines += ["| task | n | accuracy | chance | evidence sampled |", "|---|---:|---:|---:|---:|"]
+
+  def row(name, d):
+    seen = f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-"
+    return f"| {name} | {d['n']} | {d['accuracy']:.3f} | {d['chance']:.3f} | {seen} |"
+  for t, d in summary["tasks"].items():
+    lines.append(row(t, d))
+  lines.append(row("**all**", summary))
+  lines += ["", f"visual tokens/sample: {summary['visual_tokens_per_sample']:.0f}, "
+            f"seconds/sample: {summary['seconds_per_sample']:.3f}, "
+            f"unparsed replies: {summary['unparsed']}"]
+  return "\n".join(lines)

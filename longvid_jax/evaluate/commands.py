@@ -1,0 +1,124 @@
+"""`longvid make-benchmark`, `longvid ask` and `longvid eval`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+BASELINES = ("oracle", "prior")
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser("make-benchmark", help="write the offline long-video QA benchmark")
+  p.add_argument("out_dir")
+  p.add_argument("--videos", type=int, default=30, help="videos over all splits")
+  p.add_argument("--seconds", type=float, default=60.0, help="shortest video length")
+  p.add_argument("--max-seconds", type=float, help="longest video length (default: --seconds)")
+  p.add_argument("--fps", type=float, default=4.0)
+  p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--heldout", type=float, default=0.2, help="fraction of videos in val and test")
+  p.add_argument("--from-config", metavar="CONFIG",
+                 help="instead: export this training config's held-out synthetic videos")
+  p.add_argument("--split", default="test", help="with --from-config: val or test")
+  p.add_argument("--limit", type=int, help="with --from-config: at most this many videos")
+  p.set_defaults(func=make_benchmark_command)
+
+  p = subparsers.add_parser("ask", help="answer a question about a video with a trained run")
+  p.add_argument("checkpoint", help="a run's workdir, or a params folder inside it")
+  p.add_argument("video")
+  p.add_argument("question")
+  p.add_argument("--options", nargs="+", help="multiple choice: rank these by likelihood")
+  p.add_argument("--sampler", help="frame sampler (default: the run's data.sampler or uniform)")
+  p.add_argument("--frames", type=int, help="frame budget (default: the run's data.num_frames)")
+  p.add_argument("--max-new-tokens", type=int, default=48)
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=ask_command)
+
+  p = subparsers.add_parser("eval", help="accuracy of a run on a multiple-choice manifest")
+  p.add_argument("checkpoint", help="a run's workdir or params folder; or a baseline: "
+                 "'oracle' (ground truth of the sampled frames) or 'prior' (needs --train)")
+  p.add_argument("dataset", help="a Record manifest (.jsonl)")
+  p.add_argument("--mode", default="loglik", choices=["loglik", "calibrated", "generate"],
+                 help="rank options by likelihood, by likelihood gained over black frames, "
+                 "or generate a reply and parse it")
+  p.add_argument("--limit", type=int)
+  p.add_argument("--sampler", help="frame sampler (default: the run's, or uniform)")
+  p.add_argument("--frames", type=int, help="frame budget (default: the run's; oracle: 8)")
+  p.add_argument("--blind", action="store_true", help="black frames: the model without video")
+  p.add_argument("--shot-scores", default="transnetv2", choices=["transnetv2", "truth"],
+                 help="oracle with avs: detector scores or the generator's cuts")
+  p.add_argument("--train", help="prior baseline: the training manifest it counts answers in")
+  p.add_argument("--out", help="results JSON (default: next to the checkpoint, or stdout only)")
+  p.set_defaults(func=eval_command)
+
+
+def make_benchmark_command(args) -> int:
+  from longvid_jax.data import longvideo
+  if args.from_config:
+    from longvid_jax import config as config_lib
+    cfg = config_lib.load(args.from_config)
+    path = longvideo.export_synthetic(cfg.data, args.split, args.out_dir, args.limit)
+    print(f"{args.split}: {path}")
+    return 0
+  longvideo.make_benchmark(args.out_dir, args.videos, args.seconds, args.max_seconds, args.fps,
+                           args.size, args.seed, args.heldout)
+  return 0
+
+
+def ask_command(args) -> int:
+  from longvid_jax.evaluate.predictor import Predictor
+  pred = Predictor(args.checkpoint, sampler=args.sampler, num_frames=args.frames)
+  out = pred.ask(args.video, args.question, args.options or (),
+                 mode="loglik" if args.options else "generate")
+  if args.json:
+    json.dump(out, sys.stdout)
+    print()
+  else:
+    print(out["answer"])
+  return 0
+
+
+def read_records(path: str) -> list:
+  from longvid_jax.data import records
+  out = []
+  for _, r in records.read_manifest(path):
+    if isinstance(r, ValueError):
+      raise r
+    out.append(r)
+  return out
+
+
+def eval_command(args) -> int:
+  from longvid_jax.evaluate import benchmark, oracle
+  recs = read_records(args.dataset)
+  if args.checkpoint == "oracle":
+    answer = benchmark.OracleAnswerer(args.sampler or "uniform", args.frames or 8,
+                                      args.shot_scores)
+    name = f"oracle/{args.sampler or 'uniform'}/k{args.frames or 8}"
+  elif args.checkpoint == "prior":
+    if not args.train:
+      raise ValueError("the prior baseline needs --train MANIFEST")
+    prior = oracle.PriorBaseline(read_records(args.train))
+    answer = lambda r: {"choice": prior.choice(r)}  # noqa: E731
+    name = "prior"
+  else:
+    from longvid_jax.evaluate.predictor import Predictor
+    pred = Predictor(args.checkpoint, sampler=args.sampler, num_frames=args.frames,
+                     blind=args.blind)
+    answer = benchmark.ModelAnswerer(pred, args.mode)
+    name = f"{pathlib.Path(args.checkpoint).name}/{args.mode}/{pred.sampler_name}/k{pred.k}" + (
+        "/blind" if args.blind else "")
+  result = benchmark.evaluate(recs, answer, args.limit, progress=True)
+  result["name"], result["dataset"] = name, str(args.dataset)
+  print(benchmark.table(result["summary"], f"{name} on {args.dataset}"))
+  out = args.out
+  if out is None and args.checkpoint not in BASELINES:
+    out = str(pathlib.Path(args.checkpoint) / "eval" / (
+        f"{pathlib.Path(args.dataset).stem}_{name.replace('/', '_')}.json"))
+  if out:
+    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(out).write_text(json.dumps(result, indent=2))
+    print(f"results: {out}")
+  return 0

@@ -1,0 +1,246 @@
+"""A trained run as a question answerer: video file → sampled frames → answer.
+
+The checkpoint is a run's workdir (config.json + summary.json, whose `final_params` it loads) or a
+params folder inside one. Frames are chosen by the config's sampler (`data.sampler`, default
+uniform) with budget `data.num_frames`, so the model sees videos the way it was trained; AVS reads
+TransNetV2 shot scores, computed once per video and kept in memory (or read from a record's
+`scores` .npy). Answers come two ways: greedy generation through the KV cache, or ranking
+multiple-choice options by the log-likelihood of each option as the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from longvid_jax.data import prompts
+from longvid_jax.models import build
+from longvid_jax.models import generate as gen
+from longvid_jax.models.mllm import VideoLLM
+from longvid_jax.parallel import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+PAD_MULTIPLE = 32  # prompt lengths are rounded up to this, so few programs get compiled
+
+
+def _tuples(x):
+  """JSON lists back to the tuples configs hold (module fields must be hashable)."""
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(workdir, params dir) from a workdir or from a params folder inside one."""
+  p = pathlib.Path(path).absolute()
+  if not p.exists():
+    raise FileNotFoundError(f"checkpoint {p} does not exist")
+  if (p / "config.json").exists():
+    summary = p / "summary.json"
+    if not summary.exists():
+      raise FileNotFoundError(f"{p} has no summary.json; the run has not finished a stage list")
+    params = pathlib.Path(json.loads(summary.read_text())["final_params"])
+    if not params.is_absolute():
+      params = p / params
+    return p, params
+  for parent in p.parents:
+    if (parent / "config.json").exists():
+      return parent, p
+  raise FileNotFoundError(f"{p}: no config.json in it or above it; pass a run's workdir")
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_tuples(json.loads((workdir / "config.json").read_text())))
+
+
+@dataclasses.dataclass
+class Clip:
+  """The frames a model sees of one video (or one [start, end) window of it)."""
+  frames: np.ndarray  # [k,S,S,3] uint8
+  indices: np.ndarray  # [k] frame indices in the file
+  valid: np.ndarray  # [k] bool
+  timestamps: np.ndarray  # [k] seconds
+  num_frames: int  # frames in the window
+  duration: float  # seconds
+
+
+class Predictor:
+  """Loads a run once; `ask`, `loglik` and `generate` answer questions about videos."""
+
+  def __init__(self, checkpoint: str | pathlib.Path, sampler: str | None = None,
+               num_frames: int | None = None, blind: bool = False, timestamps: bool | None = None):
+    self.workdir, params_dir = resolve_checkpoint(checkpoint)
+    self.config = config = load_config(self.workdir)
+    if num_frames:
+      config.data.num_frames = int(num_frames)
+    self.sampler_name = sampler or config.data.get("sampler", "uniform")
+    self.k = int(config.data.num_frames)
+    self.size = int(config.data.image_size)
+    self.blind = blind  # black frames: what the LLM answers from the question alone
+    self.timestamps = bool(config.data.get("timestamps", False) if timestamps is None
+                           else timestamps)
+    self.tok = build.tokenizer(config.model)
+    self.model: VideoLLM = build.model(config.model, self.tok)
+    self.num_visual = build.num_visual_tokens(self.model, config)
+    sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
+    sizes = {k: (1 if v == -1 else v) for k, v in sizes.items()}
+    self.mesh = mesh_lib.make_mesh(sizes)
+    self.rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
+    from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
+    from longvid_jax.train import stage  # pylint: disable=g-import-not-at-top
+    self.sampler = SAMPLERS.get(self.sampler_name)()
+    with self._ctx():
+      abstract, _ = build.abstract_params(self.model, config, self.num_visual, self.mesh,
+                                          self.rules)
+      self.params = stage.load_params(params_dir, abstract)
+    self._scores: dict[str, np.ndarray] = {}
+    self._detector = None
+    self._features = jax.jit(lambda p, f: self.model.apply({"params": p}, f,
+                                                           method=VideoLLM.features))
+    self._score_fn = jax.jit(self._option_logprobs)
+    self._embed_fn = jax.jit(self._prompt_embeds)
+    log.info("loaded %s (%s sampler, k=%d, %d visual tokens)", params_dir, self.sampler_name,
+             self.k, self.num_visual)
+
+  def _ctx(self):
+    import contextlib  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  # -- frames -----------------------------------------------------------------------------------
+
+  def shot_scores(self, path: str, scores_file: str | None = None) -> np.ndarray:
+    """Per-frame shot-start evidence for AVS (TransNetV2), memoised per video."""
+    from longvid_jax.sampling import samplers  # pylint: disable=g-import-not-at-top
+    if scores_file:
+      return np.load(scores_file)
+    if path not in self._scores:
+      if self._detector is None:
+        from longvid_jax.sampling.transnetv2 import ShotDetector  # pylint: disable=g-import-not-at-top
+        self._detector = ShotDetector()
+      single = self._detector.predict_video(path).single
+      self._scores[path] = samplers.shot_start_scores(single)
+    return self._scores[path]
+
+  def clip(self, path: str, start: float | None = None, end: float | None = None,
+           scores_file: str | None = None) -> Clip:
+    from longvid_jax.data.video import VideoReader  # pylint: disable=g-import-not-at-top
+    with VideoReader(path) as reader:
+      info = reader.info
+      lo = 0 if start is None else max(0, int(round(start * info.fps)))
+      hi = info.num_frames if end is None else min(info.num_frames, int(round(end * info.fps)))
+      if hi <= lo:
+        raise ValueError(f"{path}: the window [{start}, {end}) s holds no frames")
+      scores = None
+      if "scores" in self.sampler.needs:
+        scores = self.shot_scores(path, scores_file)[lo:hi]
+      if "features" in self.sampler.needs:
+        raise ValueError(f"sampler {self.sampler_name!r} needs per-frame features; "
+                         "use avs, uniform or multirate")
+      sel = self.sampler(self.k, num_frames=hi - lo, scores=scores)
+      got = reader.read(sel.indices + lo, size=(self.size, self.size))
+    return Clip(got.frames, got.indices, sel.valid, got.timestamps - lo / info.fps, hi - lo,
+                (hi - lo) / info.fps)
+
+  def features(self, clip: Clip, blank: bool = False) -> jax.Array:
+    frames = clip.frames.astype(np.float32)[None] / 255.0
+    if self.blind or blank:
+      frames = np.zeros_like(frames)
+    with self._ctx():
+      return self._features(self.params, jnp.asarray(frames))
+
+  def preamble(self, clip: Clip) -> str | None:
+    if not self.timestamps:
+      return None
+    return prompts.timestamp_sentence(list(clip.timestamps[clip.valid]), clip.duration)
+
+  # -- scoring ----------------------------------------------------------------------------------
+
+  def _option_logprobs(self, params, feats, ids, mask, target, qmask):
+    b = ids.shape[0]
+    feats = jnp.broadcast_to(feats, (b, *feats.shape[1:]))
+    logits = self.model.apply({"params": params}, ids, mask, features=feats, query_mask=qmask)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = jnp.where(target[:, 1:] > 0, ids[:, 1:], 0)
+    tok = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    return (tok * target[:, 1:]).sum(axis=1)
+
+  def loglik(self, feats: jax.Array, question: str, options: Sequence[str],
+             preamble: str | None = None) -> np.ndarray:
+    """Sum of log p(option tokens | video, question) per option, end-of-turn included."""
+    rows = []
+    for o in options:
+      prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble)
+      rows.append(prompts.encode_example(self.tok, question, o, self.num_visual,
+                                         len(prompt) + 64, preamble))
+    n = max(int(r["attention_mask"].sum()) for r in rows)
+    length = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+    batch = {k: np.stack([np.pad(r[k][:n], (0, length - n), constant_values=(
+        self.tok.pad_id if k == "input_ids" else 0)) for r in rows])
+             for k in ("input_ids", "attention_mask", "loss_mask", "query_mask")}
+    with self._ctx():
+      out = self._score_fn(self.params, feats, jnp.asarray(batch["input_ids"]),
+                           jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["loss_mask"]),
+                           jnp.asarray(batch["query_mask"]))
+    return np.asarray(out)
+
+  # -- generation -------------------------------------------------------------------------------
+
+  def _prompt_embeds(self, params, feats, ids, mask, qmask):
+    def f(m: VideoLLM):
+      query = m.question(ids, qmask)
+      visual, red = m.visual_embeds(feats, query=query, query_mask=qmask)
+      return m.splice(ids, mask, visual, red.mask)
+    return nn.apply(f, self.model)({"params": params})
+
+  def generate(self, feats: jax.Array, question: str, preamble: str | None = None,
+               max_new_tokens: int = 24) -> str:
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble)
+    ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
+    qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
+    with self._ctx():
+      embeds, emask = self._embed_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
+                                     jnp.asarray(qmask))
+      out = gen.generate(self.model.llm, self.params["llm"], embeds, emask,
+                         max_new_tokens=max_new_tokens, stop_ids=self.tok.stop_ids,
+                         pad_id=self.tok.pad_id)
+    return self.tok.decode(out.rows()[0], skip_special_tokens=True).strip()
+
+  def ask(self, video: str, question: str, options: Sequence[str] = (), mode: str = "generate",
+          start: float | None = None, end: float | None = None) -> dict:
+    """One question about one video; with options, `mode` picks loglik ranking or generation."""
+    t0 = time.time()
+    clip = self.clip(video, start, end)
+    feats = self.features(clip)
+    pre = self.preamble(clip)
+    out = {"frames": clip.indices[clip.valid].tolist(), "visual_tokens": self.num_visual}
+    if options and mode == "loglik":
+      scores = self.loglik(feats, question, options, pre)
+      out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
+                 scores=scores.tolist())
+    else:
+      out["answer"] = self.generate(feats, mc_question(question, options) if options
+                                    else question, pre)
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def mc_question(question: str, options: Sequence[str]) -> str:
+  from longvid_jax.data.records import LETTERS  # pylint: disable=g-import-not-at-top
+  lines = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+  return question + "\n" + "\n".join(lines) + "\nAnswer with the option's letter."

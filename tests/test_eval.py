@@ -1,0 +1,106 @@
+"""Inference and evaluation: checkpoint loading, log-likelihood ranking, generation with the KV
+cache, answer parsing and the `longvid eval` / `longvid ask` commands, on a tiny random model."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from longvid_jax import cli
+from longvid_jax import config as config_lib
+from longvid_jax.data import longvideo, records
+from longvid_jax.evaluate import benchmark
+from longvid_jax.evaluate.predictor import Predictor, resolve_checkpoint
+from longvid_jax.models import build
+from longvid_jax.parallel import mesh as mesh_lib
+from longvid_jax.train import stage
+
+TINY = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
+
+
+@pytest.mark.parametrize("text,want", [
+    ("B", 1), ("(c) red", 0), ("C. blue", 2), ("red", 0), ("It is blue.", 2),
+    ("a red circle on black", 3), ("green", None), ("red or blue", None), ("D", None)])
+def test_parse_choice(text, want):
+  options = ["red", "green light", "blue", "a red circle on black"]
+  assert benchmark.parse_choice(text, options[:3] if text == "D" else options) == want
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A workdir laid out like `longvid run` leaves it, holding freshly initialised params."""
+  workdir = tmp_path_factory.mktemp("run")
+  c = config_lib.load(TINY)
+  tok = build.tokenizer(c.model)
+  model = build.model(c.model, tok)
+  nv = build.num_visual_tokens(model, c)
+  mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+  rules = mesh_lib.rules_from_config(None)
+  import flax.linen as nn
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = build.abstract_params(model, c, nv, mesh, rules)
+    params = build.init_params(model, c, nv, abstract, shardings)
+  stage.save_params(workdir / "4_sft" / "params", params)
+  (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+  (workdir / "summary.json").write_text(json.dumps(
+      {"final_params": str(workdir / "4_sft" / "params"), "stages": []}))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench")
+  return longvideo.make_benchmark(out, num_videos=3, seconds=30, fps=4, size=32, seed=1,
+                                  splits=("test",), log=lambda *_: None)["test"]
+
+
+def test_checkpoint_resolves_from_workdir_or_params(run_dir):
+  assert resolve_checkpoint(run_dir) == (run_dir, run_dir / "4_sft" / "params")
+  assert resolve_checkpoint(run_dir / "4_sft" / "params")[0] == run_dir
+  with pytest.raises(FileNotFoundError):
+    resolve_checkpoint(run_dir / "nothing")
+
+
+@pytest.mark.slow
+def test_loglik_matches_the_training_loss(run_dir, manifest):
+  """Ranking scores are the model's own log-probabilities: minus the summed LM loss of the
+  same example, computed by the training objective."""
+  from longvid_jax.data import prompts
+  from longvid_jax.models.mllm import lm_loss
+  p = Predictor(run_dir)
+  r = next(r for _, r in records.read_manifest(manifest))
+  clip = p.clip(r.video)
+  assert clip.frames.shape == (p.k, 32, 32, 3) and clip.valid.all()
+  feats = p.features(clip)
+  scores = p.loglik(feats, r.question, r.options)
+  assert scores.shape == (len(r.options),) and np.all(scores < 0)
+  ex = prompts.encode_example(p.tok, r.question, r.options[1], p.num_visual, 96)
+  with p._ctx():
+    logits = p.model.apply({"params": p.params}, ex["input_ids"][None],
+                           ex["attention_mask"][None], features=feats,
+                           query_mask=ex["query_mask"][None])
+  loss, _ = lm_loss(logits, ex["input_ids"][None], ex["loss_mask"][None])
+  n = ex["loss_mask"][1:].sum()
+  np.testing.assert_allclose(scores[1], -float(loss) * n, rtol=2e-4, atol=2e-4)
+  cal = benchmark.evaluate([r], benchmark.ModelAnswerer(p, "calibrated"))["rows"][0]
+  blank = p.loglik(p.features(clip, blank=True), r.question, r.options)
+  np.testing.assert_allclose(cal["scores"], scores - blank, atol=1e-3)
+  res = benchmark.evaluate([r], benchmark.ModelAnswerer(p, "generate", max_new_tokens=4))
+  row = res["rows"][0]
+  assert isinstance(row["reply"], str)
+  assert row["choice"] == benchmark.parse_choice(row["reply"], r.options)
+
+
+@pytest.mark.slow
+def test_eval_and_ask_commands(run_dir, manifest, tmp_path, capsys):
+  out = tmp_path / "res.json"
+  assert cli.main(["eval", str(run_dir), str(manifest), "--limit", "4", "--out", str(out)]) == 0
+  res = json.loads(out.read_text())
+  s = res["summary"]
+  assert s["n"] == 4 and s["visual_tokens_per_sample"] > 0 and 0 <= s["accuracy"] <= 1
+  assert set(s["tasks"]) <= set(longvideo.TASKS)
+  assert "| **all** | 4 |" in capsys.readouterr().out
+  r = next(r for _, r in records.read_manifest(manifest))
+  assert cli.main(["ask", str(run_dir), r.video, r.question, "--max-new-tokens", "3"]) == 0

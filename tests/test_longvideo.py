@@ -1,0 +1,126 @@
+"""The long-video benchmark: deterministic, split by video, balanced, and answerable exactly
+from the frames that hold the evidence (and only from them)."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from longvid_jax.data import longvideo, records, synthetic
+from longvid_jax.evaluate import benchmark, oracle
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench")
+  # one length for all videos: the AVS program compiles once per length
+  manifests = longvideo.make_benchmark(out, num_videos=10, seconds=60, fps=4, size=32, seed=3,
+                                       log=lambda *_: None)
+  return out, {s: [r for _, r in records.read_manifest(p)] for s, p in manifests.items()}
+
+
+def test_same_seed_same_benchmark(bench, tmp_path):
+  out, recs = bench
+  again = longvideo.make_benchmark(tmp_path, num_videos=10, seconds=60, fps=4, size=32, seed=3,
+                                   splits=("test",), log=lambda *_: None)
+  first = (out / "test.jsonl").read_text().splitlines()
+  assert [json.loads(x)["meta"] for x in first] == [
+      json.loads(x)["meta"] for x in again["test"].read_text().splitlines()]
+  name = recs["test"][0].video.rsplit("/", 1)[-1]
+  assert (out / "videos" / name).read_bytes() == (tmp_path / "videos" / name).read_bytes()
+
+
+def test_splits_share_no_video_and_answers_are_balanced(bench):
+  _, recs = bench
+  videos = {s: {r.video for r in rs} for s, rs in recs.items()}
+  assert len(videos["train"]) == 6 and len(videos["val"]) == len(videos["test"]) == 2
+  assert not (videos["train"] & videos["val"]) and not (videos["train"] & videos["test"])
+  assert not (videos["val"] & videos["test"])
+  for r in recs["train"]:
+    assert r.options[r.answer_index] == r.answer and len(set(r.options)) == len(r.options)
+  for task in longvideo.TASKS:
+    pos = [r.answer_index for r in recs["train"] if r.task == task]
+    counts = np.bincount(pos, minlength=len(recs["train"][0].options if task != "ordering"
+                                                else (0, 0)))
+    assert counts.max() - counts.min() <= 1, (task, counts)
+
+
+def test_video_matches_its_timeline(bench):
+  out, recs = bench
+  from longvid_jax.data.video import read_all
+  r = recs["test"][0]
+  frames = read_all(r.video).frames
+  assert len(frames) == r.meta["num_frames"]
+  for shot in r.meta["timeline"]:
+    if shot["kind"] == "shapes":  # the background fills the corners of every frame of the shot
+      a, b = shot["start_frame"], shot["end_frame"]
+      corner = frames[a:b, :2, :2].reshape(-1, 3).mean(0)
+      assert np.abs(corner - synthetic.BACKGROUNDS[shot["background"]]).max() < 12, shot
+
+
+def test_needle_is_short_and_unique():
+  for seed in range(20):
+    v = longvideo.make_video(seed, seconds=120, fps=4, size=32)
+    needle = [s for s in v.shots if s.role == "needle"]
+    assert len(needle) == 1 and needle[0].frames <= 8 < v.num_frames // 20
+    shapes = [s.shape for s in v.shots if s.kind == "shapes"]
+    assert len(shapes) == len(set(shapes))
+
+
+def test_oracle_is_exact_with_the_evidence_and_chance_without(bench):
+  _, recs = bench
+  allr = [r for rs in recs.values() for r in rs]
+  for r in allr:
+    frames = [a for a, _ in r.meta["evidence"]]
+    assert oracle.oracle_choice(r, frames) == r.answer_index, r.id
+  # only frames outside the evidence: the oracle guesses option 0, a balanced coin
+  blind = [oracle.oracle_choice(r, [i for i in range(r.meta["num_frames"])
+                                    if not any(a <= i < b for a, b in r.meta["evidence"])][:1])
+           == r.answer_index for r in allr if r.task != "grounding"]
+  assert np.mean(blind) < 0.5
+
+
+def test_avs_finds_the_needle_uniform_misses_it(bench):
+  _, recs = bench
+  needle = [r for rs in recs.values() for r in rs if r.task == "needle"]
+  acc = {}
+  for s in ("uniform", "avs"):
+    res = benchmark.evaluate(needle, benchmark.OracleAnswerer(s, 8, scores="truth"))
+    acc[s] = res["summary"]
+  assert acc["avs"]["accuracy"] == 1.0 and acc["avs"]["evidence_seen"] == 1.0
+  assert acc["uniform"]["evidence_seen"] < 0.6
+
+
+def test_prior_baseline_is_near_chance(bench):
+  _, recs = bench
+  prior = oracle.PriorBaseline(recs["train"])
+  res = benchmark.evaluate(recs["val"] + recs["test"], lambda r: {"choice": prior.choice(r)})
+  assert res["summary"]["accuracy"] < res["summary"]["chance"] + 0.25
+
+
+def test_synthetic_videos_unchanged():
+  """The training pipeline's videos are fixed by their seed; the extra shapes must not move
+  them."""
+  spec = synthetic.make_spec(7)
+  assert [s.shape for s in spec.shots] == ["circle", "triangle", "square", "square"]
+  digest = hashlib.sha256(synthetic.render(spec, 32).tobytes()).hexdigest()
+  assert digest.startswith("de83873feeb2fe7b")
+  assert synthetic.caption(spec).startswith("The video shows a orange circle on gray, then")
+
+
+def test_no_answer_leaks_into_the_text():
+  """On many videos, knowing the training answers' frequencies buys nothing: the option prior
+  stays at chance on every task."""
+  recs = {}
+  for split, ids in (("train", range(0, 200)), ("test", range(200, 360))):
+    balancer, recs[split] = longvideo._Balancer(), []
+    for i in ids:
+      rng = np.random.default_rng([0, i])
+      v = longvideo.make_video(int(rng.integers(2**31)), 120, 4, 32)
+      recs[split] += longvideo.video_records(v, str(i), "x.mp4", balancer, rng)
+  prior = oracle.PriorBaseline(recs["train"])
+  s = benchmark.evaluate(recs["test"], lambda r: {"choice": prior.choice(r)})["summary"]
+  assert abs(s["accuracy"] - s["chance"]) < 0.05
+  for task, d in s["tasks"].items():
+    assert d["accuracy"] < d["chance"] + 0.12, (task, d)

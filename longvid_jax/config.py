@@ -120,20 +120,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_sampler(d) -> None:
-  """`data.sampler`: a registry name, or {name, k, args}; k may not exceed data.num_frames."""
-  spec = d.get("sampler")
-  if spec is None:
+  """`data.sampler` picks k = `data.num_frames` frames; k may not exceed what a video has."""
+  name = d.get("sampler")
+  if name is None:
     return
   from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
-  name = spec if isinstance(spec, str) else spec.get("name")
-  if name not in SAMPLERS:
+  if not isinstance(name, str) or name not in SAMPLERS:
     raise ValueError(f"data.sampler {name!r} is unknown; set one of {', '.join(SAMPLERS.names())}")
-  k = None if isinstance(spec, str) else spec.get("k")
-  if k is not None:
-    _positive_int(k, "data.sampler.k", "set it to a value >= 1")
-    if k > d.num_frames:
-      raise ValueError(f"data.sampler.k={k} exceeds the frame budget data.num_frames="
-                       f"{d.num_frames}; lower data.sampler.k or raise data.num_frames")
+  if "k" in (d.get("sampler_args") or {}):
+    raise ValueError("data.sampler_args.k is not used: the sampler keeps data.num_frames frames; "
+                     "remove sampler_args.k and set data.num_frames")
+  if d.get("source", "synthetic") == "synthetic":
+    have = int(d.shots_per_video) * int(d.frames_per_shot)
+    if int(d.num_frames) > have:
+      raise ValueError(f"data.num_frames={d.num_frames} exceeds the frame budget of a synthetic "
+                       f"video ({have} = shots_per_video x frames_per_shot); lower num_frames or "
+                       "raise frames_per_shot")
 
 
 def _validate_model(config) -> int | None:

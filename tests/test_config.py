@@ -57,10 +57,11 @@ def test_token_budget():
 
 def test_sampler_k_within_frame_budget():
   c = config_lib.load(RECIPE)
-  c.data.sampler = dict(name="uniform", k=4)
+  c.data.sampler = "avs"
   config_lib.validate(c)
-  _bad(lambda c: c.data.update(sampler=dict(name="uniform", k=9)),
-       r"data\.sampler\.k=9 exceeds the frame budget data\.num_frames=4")
+  _bad(lambda c: c.data.update(num_frames=40), r"data\.num_frames=40 exceeds the frame budget")
+  _bad(lambda c: c.data.update(sampler="nearest"), r"data\.sampler 'nearest' is unknown")
+  _bad(lambda c: c.data.sampler_args.update(k=3), r"sampler_args\.k is not used")
 
 
 def test_mesh_against_devices():  # conftest gives 8 CPU devices

@@ -7,6 +7,7 @@ the GGUF file's own token list and raw Jinja chat template for the GGUF path.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 
@@ -117,7 +118,8 @@ def test_gguf_tokenizer_follows_metadata():
   want = template.render(messages=CONVERSATION, add_generation_prompt=True,
                          bos_token=vocab[1], eos_token=vocab[2])
   assert tok.apply_chat_template(CONVERSATION) == want
-  byte_to_char = transformers.convert_slow_tokenizer.bytes_to_unicode()
+  # the module, not the same-named function transformers may export once something imported it
+  byte_to_char = importlib.import_module("transformers.convert_slow_tokenizer").bytes_to_unicode()
   for text in TEXTS:
     ids = tok.encode(text)
     assert tok.decode(ids) == text

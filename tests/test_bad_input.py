@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_pipeline import CharTok
-from test_video import _write_mp4
+from test_video import _no_decodable_frames, _write_mp4
 
 from longvid_jax.data import pipeline, records, video
 
@@ -25,18 +25,6 @@ def _audio_only(path):
   frame.sample_rate = 8000
   for p in [*st.encode(frame), *st.encode()]:
     out.mux(p)
-  out.close()
-
-
-def _no_decodable_frames(path):
-  """A valid container whose only video packet is garbage."""
-  out = av.open(str(path), "w")
-  st = out.add_stream("h264", rate=10)
-  st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
-  out.start_encoding()
-  packet = av.Packet(b"\x00\x00\x00\x01" + bytes(range(200)))
-  packet.stream, packet.pts, packet.dts, packet.time_base = st, 0, 0, st.time_base
-  out.mux(packet)
   out.close()
 
 

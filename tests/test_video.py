@@ -145,9 +145,8 @@ def test_audio_only(tmp_path):
     video.probe(path)
 
 
-def test_zero_decodable_frames(tmp_path):
-  """A valid container whose only video packet is garbage: demuxes, but decodes to nothing."""
-  path = tmp_path / "empty.mkv"
+def _no_decodable_frames(path):
+  """A valid container whose only video packet is garbage."""
   out = av.open(str(path), "w")
   st = out.add_stream("h264", rate=10)
   st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
@@ -156,6 +155,12 @@ def test_zero_decodable_frames(tmp_path):
   packet.stream, packet.pts, packet.dts, packet.time_base = st, 0, 0, st.time_base
   out.mux(packet)
   out.close()
+
+
+def test_zero_decodable_frames(tmp_path):
+  """A valid container whose only video packet is garbage: demuxes, but decodes to nothing."""
+  path = tmp_path / "empty.mkv"
+  _no_decodable_frames(path)
   with pytest.raises(video.VideoError, match=r"empty\.mkv.*no decodable frames"):
     video.probe(path)
   with pytest.raises(video.VideoError, match=r"empty\.mkv"):

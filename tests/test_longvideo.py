@@ -3,11 +3,14 @@ from the frames that hold the evidence (and only from them)."""
 
 import hashlib
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
-from longvid_jax.data import longvideo, records, synthetic
+from longvid_jax import cli
+from longvid_jax import config as config_lib
+from longvid_jax.data import longvideo, pipeline, records, synthetic, video
 from longvid_jax.evaluate import benchmark, oracle
 
 
@@ -124,3 +127,25 @@ def test_no_answer_leaks_into_the_text():
   assert abs(s["accuracy"] - s["chance"]) < 0.05
   for task, d in s["tasks"].items():
     assert d["accuracy"] < d["chance"] + 0.12, (task, d)
+
+
+def test_export_from_config_or_workdir_holds_the_held_out_videos(tmp_path):
+  """`make-benchmark --from-config` takes a config file or a run's workdir (its config.json);
+  either way the manifest holds only that config's test videos, rendered as that config says."""
+  recipe = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
+  cfg = config_lib.load(recipe)
+  cfg.data.update(shots_per_video=2, frames_per_shot=16)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(cfg.to_json())
+  test_ids = set(pipeline.split_ids(cfg.data, "test").tolist())
+  for source, data in ((recipe, config_lib.load(recipe).data), (workdir, cfg.data)):
+    out = tmp_path / pathlib.Path(source).name
+    assert cli.main(["make-benchmark", str(out), "--from-config", str(source), "--limit", "2"]) == 0
+    recs = [r for _, r in records.read_manifest(out / "synthetic_test.jsonl")]
+    assert {int(r.id.split("_")[-1].split("/")[0]) for r in recs} <= test_ids
+    for r in recs:
+      assert r.options[r.answer_index] == r.turns[0][1]
+      vid = int(r.id.split("_")[-1].split("/")[0])
+      assert r.meta["caption"] == synthetic.caption(pipeline.video_spec(data, vid))
+      assert video.probe(out / r.video).num_frames == data.shots_per_video * data.frames_per_shot

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--heldout", type=float, default=0.2, help="fraction of videos in val and test")
   p.add_argument("--from-config", metavar="CONFIG",
-                 help="instead: export this training config's held-out synthetic videos")
+                 help="instead: export the held-out synthetic videos of this training "
+                      "config, or of the config a run workdir trained with")
   p.add_argument("--split", default="test", help="with --from-config: val or test")
   p.add_argument("--limit", type=int, help="with --from-config: at most this many videos")
   p.set_defaults(func=make_benchmark_command)
@@ -57,8 +58,12 @@ def register(subparsers) -> None:
 def make_benchmark_command(args) -> int:
   from longvid_jax.data import longvideo
   if args.from_config:
-    from longvid_jax import config as config_lib
-    cfg = config_lib.load(args.from_config)
+    if pathlib.Path(args.from_config).is_dir():  # a run's workdir: the config it trained with
+      from longvid_jax.evaluate import predictor
+      cfg = predictor.load_config(pathlib.Path(args.from_config))
+    else:
+      from longvid_jax import config as config_lib
+      cfg = config_lib.load(args.from_config)
     path = longvideo.export_synthetic(cfg.data, args.split, args.out_dir, args.limit)
     print(f"{args.split}: {path}")
     return 0

@@ -103,6 +103,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   d = config.data
   for field in ("num_frames", "image_size", "seq_len", "num_videos"):
     _positive_int(d[field], f"data.{field}", "set it to a value >= 1")
+  system = d.get("system_prompt")
+  if system is not None and not isinstance(system, str):
+    raise ValueError(f"data.system_prompt={system!r}: set a string, or None for the chat "
+                     "template's default system turn")
   _validate_sampler(d)
   num_visual = _validate_model(config)
   if lm_stages and num_visual is not None:

@@ -4,6 +4,7 @@ state, multi-host row split."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import grain
 import ml_collections
@@ -95,6 +96,24 @@ def test_manifest_examples(corpus):
   want = video.read_frames(corpus / "v2.mp4", [1, 3, 5, 7], size=(16, 16)).frames
   np.testing.assert_allclose(b["frames"][row], want / 255.0, atol=1e-7)
 
+
+
+def test_system_prompt_replaces_the_default_turn_in_both_sources(corpus):
+  """`data.system_prompt` is the first turn of every example; None leaves the template alone."""
+  sys_turn = "<system>Be brief.</>"
+  for cfg in (synthetic_cfg(), manifest_cfg(corpus)):
+    for system, want in ((None, False), ("Be brief.", True)):
+      cfg.system_prompt = system
+      b = pipeline.dataset(cfg, "qa", CharTok(), 4, 2, seed=0)[0]
+      texts = [text_of(r) for r in b["input_ids"]]
+      assert all(t.startswith(sys_turn) == want for t in texts), texts
+      answers = [text_of(r, m) for r, m in zip(b["input_ids"], b["loss_mask"])]
+      assert not any("Be brief" in a for a in answers)
+  with pytest.raises(ValueError, match="data.system_prompt"):
+    from longvid_jax import config as config_lib
+    c = config_lib.load(str(pathlib.Path(__file__).parents[1] / "experiments" / "paper.py"))
+    c.data.system_prompt = 3  # the full recipe leaves it None, so any type can be set
+    config_lib.validate(c)
 
 def test_reconstruction_batches_have_frames_only(corpus):
   b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]

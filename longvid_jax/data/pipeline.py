@@ -83,7 +83,8 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   else:
     qa = synthetic.questions(spec)
     question, answer = qa[rng.integers(len(qa))]
-  out.update(prompts.encode_example(tok, question, answer, num_visual, cfg.seq_len))
+  out.update(prompts.encode_example(tok, question, answer, num_visual, cfg.seq_len,
+                                    system=cfg.get("system_prompt")))
   return out
 
 
@@ -265,7 +266,8 @@ class ManifestSource:
                 if self.cfg.get("timestamps", False) else None)
     try:
       out.update(prompts.encode_example(self.tok, question, answer, self.num_visual,
-                                        int(self.cfg.seq_len), preamble))
+                                        int(self.cfg.seq_len), preamble,
+                                        self.cfg.get("system_prompt")))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out

@@ -92,6 +92,7 @@ class Predictor:
     self.blind = blind  # black frames: what the LLM answers from the question alone
     self.timestamps = bool(config.data.get("timestamps", False) if timestamps is None
                            else timestamps)
+    self.system = config.data.get("system_prompt")  # the system turn it was trained with
     self.tok = build.tokenizer(config.model)
     self.model: VideoLLM = build.model(config.model, self.tok)
     self.num_visual = build.num_visual_tokens(self.model, config)
@@ -185,9 +186,9 @@ class Predictor:
     """Sum of log p(option tokens | video, question) per option, end-of-turn included."""
     rows = []
     for o in options:
-      prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble)
+      prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
       rows.append(prompts.encode_example(self.tok, question, o, self.num_visual,
-                                         len(prompt) + 64, preamble))
+                                         len(prompt) + 64, preamble, self.system))
     n = max(int(r["attention_mask"].sum()) for r in rows)
     length = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
     batch = {k: np.stack([np.pad(r[k][:n], (0, length - n), constant_values=(
@@ -210,7 +211,7 @@ class Predictor:
 
   def generate(self, feats: jax.Array, question: str, preamble: str | None = None,
                max_new_tokens: int = 24) -> str:
-    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble)
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
     ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
     qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
     with self._ctx():

@@ -51,6 +51,17 @@ def _svc(c, **changes) -> dict:
   return _reducer("svc", **args)
 
 
+def _strides(c, strides: tuple[int, int, int]) -> dict:
+  """SVC at other strides; data.seq_len grows with the token count so the text still fits."""
+  from longvid_jax.models import encoders  # pylint: disable=g-import-not-at-top
+  e = c.model.encoder
+  grid = encoders.config(e.name, e.get("preset"), **dict(e.get("args") or {})).grid
+  def count(st):
+    return -(-c.data.num_frames // st[0]) * -(-grid[0] // st[1]) * -(-grid[1] // st[2])
+  extra = max(0, count(strides) - count(tuple(c.model.reducer.args.strides)))
+  return {**_svc(c, strides=strides), "data.seq_len": c.data.seq_len + extra}
+
+
 # table -> variant -> (config changes as {dotted key: value}, inference sampler)
 def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
   bottleneck = c.model.reducer.args.bottleneck
@@ -61,7 +72,7 @@ def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
           "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), "uniform"),
           "perceiver": (_reducer("perceiver", ratio=1 / 64, depth=2), "uniform"),
       },
-      "table4": {f"{t}x{h}x{w}": (_svc(c, strides=(t, h, w)), "uniform")
+      "table4": {f"{t}x{h}x{w}": (_strides(c, (t, h, w)), "uniform")
                  for t, h, w in ((2, 2, 2), (4, 4, 4), (1, 8, 8), (4, 8, 8), (8, 4, 4))},
       "table5": {
           "pretrained": ({}, "uniform"),

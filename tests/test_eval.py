@@ -76,7 +76,7 @@ def test_loglik_matches_the_training_loss(run_dir, manifest):
   feats = p.features(clip)
   scores = p.loglik(feats, r.question, r.options)
   assert scores.shape == (len(r.options),) and np.all(scores < 0)
-  ex = prompts.encode_example(p.tok, r.question, r.options[1], p.num_visual, 96)
+  ex = prompts.encode_example(p.tok, r.question, r.options[1], p.num_visual, 96, system=p.system)
   with p._ctx():
     logits = p.model.apply({"params": p.params}, ex["input_ids"][None],
                            ex["attention_mask"][None], features=feats,

@@ -8,10 +8,8 @@ real ImageNet weights (offline asset) and a bfloat16 LLM.
 
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
-import sys
 
 import flax.linen as nn
 import jax
@@ -23,7 +21,7 @@ from flax import traverse_util
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longvid_jax import assets, cli  # noqa: E402
+from longvid_jax import cli  # noqa: E402
 from longvid_jax import config as config_lib  # noqa: E402
 from longvid_jax.interop import export  # noqa: E402
 from longvid_jax.interop.torch_compressor import Compressor  # noqa: E402
@@ -124,14 +122,10 @@ def check_compressor(m, params, out: pathlib.Path, width: int):
 
 
 def _efficientnet_reference():
-  """The efficientnet_pytorch-style Lite0 definition test_efficientnet.py fetches and caches."""
-  root = assets.cache_dir() / "efficientnet-lite-pytorch-0.1.0"
-  if root.is_dir() and str(root) not in sys.path:
-    sys.path.insert(0, str(root))
-  try:
-    return importlib.import_module("efficientnet_lite_pytorch")
-  except ImportError:
-    return None
+  """The efficientnet_pytorch-style Lite0 definition, fetched into the asset cache the way
+  test_efficientnet.py does it (files may run in any order, or on parallel workers)."""
+  from test_efficientnet import _reference_module  # pylint: disable=g-import-not-at-top
+  return _reference_module()  # skips the test if the reference cannot be fetched
 
 
 def check_efficientnet(params, out: pathlib.Path):
@@ -141,8 +135,6 @@ def check_efficientnet(params, out: pathlib.Path):
   tensors = load_file(str(out / "vision" / "model.safetensors"))
   assert len(tensors) == 245 and not any(k.startswith("_fc.") for k in tensors)
   lib = _efficientnet_reference()
-  if lib is None:
-    pytest.skip("efficientnet_lite_pytorch reference not cached; run test_efficientnet.py")
   net = lib.EfficientNet.from_name("efficientnet-lite0")
   missing, unexpected = net.load_state_dict(tensors, strict=False)
   assert not unexpected and all(k.startswith("_fc.") or k.endswith("num_batches_tracked")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from longvid_jax.data import prompts
+from longvid_jax.models import build
 from longvid_jax.models.llm import DecoderLM, LLMConfig
 from longvid_jax.models.mllm import VideoLLM, lm_loss
 from longvid_jax.models.projector import MLPProjector
@@ -28,6 +29,15 @@ def _model():
                   projector=MLPProjector(16), llm=llm, video_token_id=VID)
 
 
+def _params(m, *args, **kwargs):
+  """Params shaped as `m.init(*args, **kwargs)` makes them, drawn with NumPy: compiling flax's
+  random init (one threefry program per N-d kernel) is most of a minute on CPU, and nothing
+  here depends on how params are initialised."""
+  shapes = build.strip_boxes(jax.eval_shape(m.init, jax.random.key(0), *args, **kwargs))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
 def test_splice_puts_visual_tokens_in_order_at_placeholders():
   m = _model()
   ids = jnp.array([[1, 2, VID, VID, VID, 3, 0, 0], [VID, VID, VID, 4, 5, 6, 7, 0]])
@@ -35,7 +45,7 @@ def test_splice_puts_visual_tokens_in_order_at_placeholders():
   visual = jax.random.normal(jax.random.key(0), (2, 3, 16))
   vmask = jnp.array([[True, True, True], [True, False, True]])
   feats = jnp.zeros((2, 2, 2, 2, 3))
-  params = m.init(jax.random.key(1), ids, am, features=feats)
+  params = _params(m, ids, am, features=feats)
   embeds, mask = m.apply(params, ids, am, visual, vmask, method=VideoLLM.splice)
   text = m.apply(params, jnp.where(ids == VID, 0, ids), method=lambda mm, i: mm.llm.embed(i))
   e, t, v = map(np.asarray, (embeds, text, visual))
@@ -54,9 +64,10 @@ def test_logits_depend_on_video_only_through_placeholders():
   am = jnp.ones_like(ids)
   f1 = jax.random.normal(jax.random.key(0), (1, 4, 4, 2, 8))
   f2 = jax.random.normal(jax.random.key(1), (1, 4, 4, 2, 8))
-  params = m.init(jax.random.key(1), ids, am, features=f1)
-  l1 = m.apply(params, ids, am, features=f1)
-  l2 = m.apply(params, ids, am, features=f2)
+  params = _params(m, ids, am, features=f1)
+  apply = jax.jit(m.apply)  # one compile for both calls, not one per op
+  l1 = apply(params, ids, am, features=f1)
+  l2 = apply(params, ids, am, features=f2)
   np.testing.assert_array_equal(np.asarray(l1[0, 0]), np.asarray(l2[0, 0]))  # before the video
   assert np.abs(np.asarray(l1[0, 3:] - l2[0, 3:])).max() > 1e-4  # after it
 
@@ -122,14 +133,14 @@ def test_longvu_gets_the_question_as_query_and_learns_from_it():
   ids = jnp.asarray([[1, *[VID] * n, 5, 6, 7, 8, 2]], jnp.int32)
   attn = jnp.ones_like(ids)
   qmask = jnp.asarray(prompts.query_mask(ids[0].tolist(), VID))[None]
-  params = nn.unbox(m.init(jax.random.key(0), ids, attn, features=feats))["params"]
+  params = _params(m, ids, attn, features=feats)["params"]
   assert "query_proj" in params["reducer"]  # built at init even without a question
 
   def query_grad(qm):
     def loss(p):
       logits = m.apply({"params": p}, ids, attn, features=feats, query_mask=qm)
       return lm_loss(logits, ids, jnp.ones_like(ids))[0]
-    return float(jnp.abs(jax.grad(loss)(params)["reducer"]["query_proj"]["kernel"]).sum())
+    return float(jnp.abs(jax.jit(jax.grad(loss))(params)["reducer"]["query_proj"]["kernel"]).sum())
 
   assert query_grad(qmask) > 0  # the question reached the reducer and trains its query map
   assert query_grad(None) == 0  # without one, the reducer falls back to a fixed choice

@@ -12,8 +12,21 @@ from longvid_jax.models.reducers.svc import SVC, block_strides
 RATIOS = [(2, 2, 2), (4, 4, 4), (1, 8, 8), (4, 8, 8), (8, 4, 4)]
 
 
-def _init(svc, x):
+def _flax_init(svc, x):
   return svc.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
+
+
+def _init(svc, x):
+  """Variables shaped as `svc.init` makes them (its checks run too), drawn with NumPy and scaled
+  by fan-in: compiling flax's random init, a threefry program per 5-d conv kernel, would be most
+  of this file's time on CPU. Learning on real video starts from the real init."""
+  rng = np.random.default_rng(0)
+
+  def draw(s):
+    fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 1
+    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(fan_in), s.dtype)
+
+  return jax.tree.map(draw, jax.eval_shape(lambda: _flax_init(svc, x)))
 
 
 def _numpy_avgpool(x, s):
@@ -131,7 +144,7 @@ def test_reconstruction_loss_decreases_on_real_video():
   x = jnp.concatenate(f, axis=0)  # [2,16,8,8,192]
   svc = SVC(strides=(4, 4, 4), bottleneck=32)
   import optax
-  v = _init(svc, x)
+  v = _flax_init(svc, x)
   tx = optax.adam(3e-3)
   params, opt = v["params"], tx.init(v["params"])
 

@@ -22,6 +22,6 @@ def get_config(arg=None):
                           num_heads=4, num_kv_heads=2, rope_theta=1e5)
   c.data.update(num_videos=40, num_frames=4, image_size=32, seq_len=80)
   for s in c.stages.values():
-    s.update(steps=12, batch_size=2, log_every=1, checkpoint_every=2, warmup_steps=1, lr=1e-2,
+    s.update(steps=8, batch_size=2, log_every=1, checkpoint_every=2, warmup_steps=1, lr=1e-2,
              keep_checkpoints=True)  # tests damage finished stages' checkpoints
   return c

@@ -103,23 +103,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
   d = config.data
   for field in ("num_frames", "image_size", "seq_len", "num_videos"):
     _positive_int(d[field], f"data.{field}", "set it to a value >= 1")
+  _positive_int(d.get("qa_turns", 1), "data.qa_turns",
+                "set the number of question/answer turns per qa example, 1 or more")
   system = d.get("system_prompt")
   if system is not None and not isinstance(system, str):
     raise ValueError(f"data.system_prompt={system!r}: set a string, or None for the chat "
                      "template's default system turn")
   _validate_sampler(d)
   num_visual = _validate_model(config)
-  if lm_stages and num_visual is not None:
-    need = num_visual + MIN_TEXT_TOKENS
-    if need > d.seq_len:
+  lengths: dict[str, list[str]] = {}  # the field that sets a stage's length → its stages
+  for name in lm_stages:
+    own = config.stages[name].get("seq_len")
+    if own is None:
+      lengths.setdefault("data.seq_len", []).append(name)
+    else:
+      _positive_int(own, f"stages.{name}.seq_len", "set it >= 1, or None for data.seq_len")
+      lengths[f"stages.{name}.seq_len"] = [name]
+  max_pos = (config.model.llm.get("args") or {}).get("max_position")
+  for field, names in lengths.items():
+    value = d.seq_len if field == "data.seq_len" else config.stages[names[0]].seq_len
+    need = MIN_TEXT_TOKENS + (num_visual or 0)
+    if num_visual is not None and need > value:
       raise ValueError(
-          f"data.seq_len={d.seq_len} cannot hold {num_visual} visual tokens plus at least "
-          f"{MIN_TEXT_TOKENS} text tokens (stages {', '.join(lm_stages)}); raise data.seq_len to "
+          f"{field}={value} cannot hold {num_visual} visual tokens plus at least "
+          f"{MIN_TEXT_TOKENS} text tokens (stages {', '.join(names)}); raise {field} to "
           f">= {need}, lower data.num_frames or raise the reducer's strides")
-    max_pos = (config.model.llm.get("args") or {}).get("max_position")
-    if max_pos and d.seq_len > max_pos:
-      raise ValueError(f"data.seq_len={d.seq_len} exceeds the LLM's {max_pos} positions "
-                       "(model.llm.args.max_position); lower data.seq_len")
+    if max_pos and value > max_pos:
+      raise ValueError(f"{field}={value} exceeds the LLM's {max_pos} positions "
+                       f"(model.llm.args.max_position); lower {field}")
   _validate_mesh(config)
 
 
@@ -205,6 +216,7 @@ def stage(**fields) -> ml_collections.ConfigDict:
       steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
       log_every=10, checkpoint_every=500,
       grad_accum=1,  # batches per optimiser update (optax.MultiSteps)
+      seq_len=None,  # tokens per example; None: data.seq_len (captions need fewer than QA turns)
       keep_checkpoints=False,  # keep checkpoints/ (train states) once the stage is done
       # non-finite loss or gradients: "stop" raises, "skip" drops that update and goes on
       nan_policy="stop",

@@ -55,6 +55,30 @@ def test_token_budget():
   _bad(lambda c: c.model.llm.args.update(max_position=64), r"exceeds the LLM's 64 positions")
 
 
+def test_stage_seq_len_overrides_data_seq_len():
+  """A stage may set its own example length (short captions, long multi-turn QA); validation
+  checks each length against the token budget and names the field that set it."""
+  from longvid_jax.train import runner  # pylint: disable=g-import-not-at-top
+
+  def edit(c):
+    c.model.reducer.args.strides = (1, 1, 1)  # 64 visual tokens
+    c.data.seq_len = 96
+    c.stages.sft.seq_len = 70
+  _bad(edit, r"stages\.sft\.seq_len=70 cannot hold 64 visual tokens.*\(stages sft\).*"
+             r"raise stages\.sft\.seq_len to >= 80")
+  _bad(lambda c: c.stages.align.update(seq_len=0), r"stages\.align\.seq_len.*positive integer")
+  _bad(lambda c: (c.model.llm.args.update(max_position=64), c.data.update(seq_len=64),
+                 c.stages.sft.update(seq_len=65)),
+       r"stages\.sft\.seq_len=65 exceeds the LLM's 64 positions")
+  c = config_lib.load(RECIPE)
+  c.stages.sft.seq_len = c.data.seq_len + 8
+  config_lib.validate(c)
+  data = runner.stage_data(c, c.stages.sft)
+  assert data.seq_len == c.data.seq_len + 8 and data.image_size == c.data.image_size
+  assert runner.stage_data(c, c.stages.align) is c.data  # the default: data.seq_len
+  assert c.data.seq_len + 8 != c.data.seq_len  # data itself unchanged
+
+
 def test_sampler_k_within_frame_budget():
   c = config_lib.load(RECIPE)
   c.data.sampler = "avs"

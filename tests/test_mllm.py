@@ -120,6 +120,41 @@ def test_query_mask_covers_the_question_and_never_the_answer():
   assert not (ex["query_mask"] & (ex["input_ids"] == tok.video_token_id)).any()
 
 
+def test_conversation_trains_every_answer_and_starts_like_one_turn():
+  tok = _CharTok()
+  turns = [("Colour?", "red"), ("Shape?", "a square"), ("Count?", "two")]
+  ex = prompts.encode_conversation(tok, turns, num_visual=3, seq_len=160, system="Hi.")
+  n = int(ex["attention_mask"].sum())
+  text = "".join(chr(i) if i < 1000 else "#" for i in ex["input_ids"][:n])
+  assert text == ("<system>Hi.</><user>###\nColour?</><assistant>red</>"
+                  "<user>Shape?</><assistant>a square</><user>Count?</><assistant>two</>")
+  read = lambda m: "".join(chr(i) for i in ex["input_ids"][m == 1])
+  assert read(ex["loss_mask"]) == "red</>a square</>two</>"
+  assert read(ex["query_mask"]) == ("\nColour?</><assistant><user>Shape?</><assistant>"
+                                    "<user>Count?</><assistant>")
+  # the first turn is token for token the single-turn example that evaluation scores
+  one = prompts.encode_example(tok, "Colour?", "red", num_visual=3, seq_len=160, system="Hi.")
+  m = int(one["attention_mask"].sum())
+  for k in ("input_ids", "loss_mask", "query_mask"):
+    np.testing.assert_array_equal(ex[k][:m], one[k][:m])
+  with pytest.raises(ValueError, match="3 turns"):
+    prompts.encode_conversation(tok, turns, num_visual=3, seq_len=80)
+  with pytest.raises(ValueError, match="at least one"):
+    prompts.encode_conversation(tok, [], num_visual=3, seq_len=80)
+
+
+def test_conversation_refuses_a_template_that_rewrites_earlier_turns():
+  class Forgetful(_CharTok):  # renders only the newest user turn, as some templates do
+    def apply_chat_template(self, messages, add_generation_prompt):
+      last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+      return super().apply_chat_template(messages[last:], add_generation_prompt)
+
+  tok = Forgetful()
+  assert prompts.encode_conversation(tok, [("Q?", "a")], 2, 64)["loss_mask"].sum() == 4
+  with pytest.raises(ValueError, match="data.qa_turns=1"):
+    prompts.encode_conversation(tok, [("Q?", "a"), ("R?", "b")], 2, 64)
+
+
 def test_longvu_gets_the_question_as_query_and_learns_from_it():
   from longvid_jax.models.reducers.longvu import LongVU  # pylint: disable=g-import-not-at-top
   llm = DecoderLM(LLMConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_layers=1,
@@ -144,3 +179,23 @@ def test_longvu_gets_the_question_as_query_and_learns_from_it():
 
   assert query_grad(qmask) > 0  # the question reached the reducer and trains its query map
   assert query_grad(None) == 0  # without one, the reducer falls back to a fixed choice
+
+
+def test_projector_norm_makes_visual_embeddings_independent_of_feature_scale():
+  """Encoders differ in feature scale by orders of magnitude (EfficientNet's mid-level maps give
+  per-token norms near 70); with `norm` the LLM sees the same embeddings whatever the scale, and
+  the LayerNorm matches the NumPy formula with torch's epsilon (what exports assume)."""
+  p = MLPProjector(8, depth=2, norm=True)
+  x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+  params = _params(p, jnp.asarray(x))["params"]
+  assert set(params) == {"norm", "linear_0", "linear_1"}
+  a = np.asarray(p.apply({"params": params}, jnp.asarray(x)))
+  b = np.asarray(p.apply({"params": params}, jnp.asarray(300.0 * x + 7.0)))
+  np.testing.assert_allclose(a, b, atol=2e-4)
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  want = (x - mu) / np.sqrt(var + 1e-5) * np.asarray(params["norm"]["scale"]) + np.asarray(
+      params["norm"]["bias"])
+  got = nn.LayerNorm(epsilon=1e-5).apply({"params": params["norm"]}, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  plain = MLPProjector(8, depth=2)
+  assert "norm" not in _params(plain, jnp.asarray(x))["params"]

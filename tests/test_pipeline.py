@@ -3,6 +3,7 @@ state, multi-host row split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -114,6 +115,43 @@ def test_system_prompt_replaces_the_default_turn_in_both_sources(corpus):
     c = config_lib.load(str(pathlib.Path(__file__).parents[1] / "experiments" / "paper.py"))
     c.data.system_prompt = 3  # the full recipe leaves it None, so any type can be set
     config_lib.validate(c)
+
+def test_qa_turns_pack_several_answers_per_example(corpus, tmp_path):
+  """data.qa_turns: the synthetic source asks distinct questions of one video, a manifest record
+  contributes its first turns in order; multiple choice stays lettered in the first turn."""
+  cfg, tok = synthetic_cfg(), CharTok()
+  cfg.update(qa_turns=3, seq_len=256)
+  b = pipeline.dataset(cfg, "qa", tok, 4, 4, seed=0)[0]
+  for ids, loss in zip(b["input_ids"], b["loss_mask"]):
+    assert (ids == tok.video_token_id).sum() == 4  # one video prefix for all three turns
+    assert text_of(ids, loss).count("</>") == 3
+    asked = [t.split("</>")[0] for t in text_of(ids).split("<user>")[1:]]
+    assert len(set(asked)) == 3, asked
+
+  recs = [records.Record(id="talk", video="v0.mp4", turns=(("First?", "one"), ("Then?", "two"),
+                                                           ("Last?", "three"))),
+          records.Record(id="mc", video="v1.mp4", turns=(("Which bar?", "left"), ("Why?", "tall")),
+                         options=("right", "left"), answer_index=1)]
+  records.write_manifest(tmp_path / "train.jsonl", [dataclasses.replace(
+      r, video=str(corpus / r.video)) for r in recs])
+  mcfg = manifest_cfg(tmp_path, qa_turns=2)
+  src = pipeline.ManifestSource(mcfg, "train", "qa", tok, 4)
+  rng = np.random.default_rng(0)
+  talk, mc = (src.example(i, rng) for i in range(2))
+  assert text_of(talk["input_ids"], talk["loss_mask"]) == "one</>two</>"
+  assert text_of(mc["input_ids"], mc["loss_mask"]) == "B</>tall</>"
+  assert "A. right\nB. left" in text_of(mc["input_ids"])
+  mcfg.qa_turns = 1
+  one = pipeline.ManifestSource(mcfg, "train", "qa", tok, 4).example(0, rng)
+  assert text_of(one["input_ids"], one["loss_mask"]) == "one</>"
+
+  from longvid_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.load(str(pathlib.Path(__file__).parents[1] / "configs" / "demo.py"))
+  for bad in (0, -2):
+    c.data.qa_turns = bad
+    with pytest.raises(ValueError, match="data.qa_turns"):
+      config_lib.validate(c)
+
 
 def test_reconstruction_batches_have_frames_only(corpus):
   b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]

@@ -52,14 +52,17 @@ def _svc(c, **changes) -> dict:
 
 
 def _strides(c, strides: tuple[int, int, int]) -> dict:
-  """SVC at other strides; data.seq_len grows with the token count so the text still fits."""
+  """SVC at other strides; every seq_len grows with the token count so the text still fits."""
   from longvid_jax.models import encoders  # pylint: disable=g-import-not-at-top
   e = c.model.encoder
   grid = encoders.config(e.name, e.get("preset"), **dict(e.get("args") or {})).grid
   def count(st):
     return -(-c.data.num_frames // st[0]) * -(-grid[0] // st[1]) * -(-grid[1] // st[2])
   extra = max(0, count(strides) - count(tuple(c.model.reducer.args.strides)))
-  return {**_svc(c, strides=strides), "data.seq_len": c.data.seq_len + extra}
+  grow = {"data.seq_len": c.data.seq_len + extra}
+  grow.update({f"stages.{name}.seq_len": s.seq_len + extra for name, s in c.stages.items()
+               if s.get("seq_len") is not None})
+  return {**_svc(c, strides=strides), **grow}
 
 
 # table -> variant -> (config changes as {dotted key: value}, inference sampler)

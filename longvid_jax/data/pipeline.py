@@ -79,13 +79,19 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   if task == "mix":
     task = "caption" if rng.random() < 0.5 else "qa"
   if task == "caption":
-    question, answer = "Describe the video.", synthetic.caption(spec)
+    turns = [("Describe the video.", synthetic.caption(spec))]
   else:
     qa = synthetic.questions(spec)
-    question, answer = qa[rng.integers(len(qa))]
-  out.update(prompts.encode_example(tok, question, answer, num_visual, cfg.seq_len,
-                                    system=cfg.get("system_prompt")))
+    turns = [qa[i] for i in rng.permutation(len(qa))[:qa_turns(cfg)]]
+  out.update(prompts.encode_conversation(tok, turns, num_visual, cfg.seq_len,
+                                         system=cfg.get("system_prompt")))
   return out
+
+
+def qa_turns(cfg) -> int:
+  """Question/answer turns per qa example (`data.qa_turns`, default 1): several turns share one
+  video prefix, so each training token teaches more answers."""
+  return int(cfg.get("qa_turns", 1))
 
 
 # -- manifest source: one record → one example ----------------------------------------------------
@@ -176,11 +182,14 @@ def load_clip(rec: records.Record, cfg) -> Clip:
               single)
 
 
-def _text(rec: records.Record, task: str, rng: np.random.Generator) -> tuple[str, str]:
+def _turns(rec: records.Record, task: str, cfg,
+           rng: np.random.Generator) -> list[tuple[str, str]]:
+  """mix: one turn at random; otherwise the conversation's first `data.qa_turns` turns."""
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
-  turn = int(rng.integers(len(rec.turns))) if task == "mix" else 0
-  return rec.text(turn)
+  if task == "mix":
+    return [rec.text(int(rng.integers(len(rec.turns))))]
+  return [rec.text(i) for i in range(min(len(rec.turns), qa_turns(cfg)))]
 
 
 class Skips:
@@ -261,13 +270,13 @@ class ManifestSource:
       ts, duration = clip.timestamps, clip.duration
     if self.task == "reconstruction":
       return out
-    question, answer = _text(rec, self.task, rng)
+    turns = _turns(rec, self.task, self.cfg, rng)
     preamble = (prompts.timestamp_sentence([float(t) for t in ts], duration)
                 if self.cfg.get("timestamps", False) else None)
     try:
-      out.update(prompts.encode_example(self.tok, question, answer, self.num_visual,
-                                        int(self.cfg.seq_len), preamble,
-                                        self.cfg.get("system_prompt")))
+      out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,
+                                             int(self.cfg.seq_len), preamble,
+                                             self.cfg.get("system_prompt")))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out

@@ -7,7 +7,7 @@ token id; the multimodal model replaces them with visual embeddings. Only the as
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -64,28 +64,54 @@ def query_mask(prompt_ids: list[int], video_token_id: int) -> np.ndarray:
 def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: int,
                    seq_len: int, preamble: str | None = None,
                    system: str | None = None) -> dict[str, np.ndarray]:
-  """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded."""
-  turns = messages(question, preamble, system)
-  prefix = tok.apply_chat_template(turns, add_generation_prompt=True)
-  full = tok.apply_chat_template(turns + [{"role": "assistant", "content": answer}],
-                                 add_generation_prompt=False)
-  if not full.startswith(prefix):
-    raise ValueError("chat template renders the answer turn inconsistently with the prompt")
-  prompt = encode_prompt(tok, question, num_visual, preamble, system)
-  target = tok.encode(full[len(prefix):])
-  ids = prompt + target
-  if len(ids) > seq_len:
-    raise ValueError(f"example needs {len(ids)} tokens ({num_visual} visual) but seq_len is "
-                     f"{seq_len}; raise data.seq_len or compress the video more")
+  """One question and its answer: a conversation of one turn."""
+  return encode_conversation(tok, [(question, answer)], num_visual, seq_len, preamble, system)
+
+
+def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], num_visual: int,
+                        seq_len: int, preamble: str | None = None,
+                        system: str | None = None) -> dict[str, np.ndarray]:
+  """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded.
+
+  The video (and preamble) open the first user turn; every answer and its end-of-turn marker is
+  a target, so one sequence trains several answers for the cost of one video prefix. The query
+  mask covers the questions and never an answer."""
+  if not turns:
+    raise ValueError("a conversation needs at least one (question, answer) turn")
+  msgs = [] if system is None else [{"role": "system", "content": system}]
+  ids: list[int] = []
+  loss: list[int] = []
+  query: list[int] = []
+  rendered = ""
+  for i, (question, answer) in enumerate(turns):
+    msgs.append({"role": "user", "content": user_text(question, preamble) if i == 0 else question})
+    prefix = tok.apply_chat_template(msgs, add_generation_prompt=True)
+    msgs.append({"role": "assistant", "content": answer})
+    full = tok.apply_chat_template(msgs, add_generation_prompt=False)
+    if not prefix.startswith(rendered) or not full.startswith(prefix):
+      raise ValueError("chat template renders earlier turns differently once later turns are "
+                       "added; train on one turn per example (data.qa_turns=1)")
+    if i == 0:
+      prompt = encode_prompt(tok, question, num_visual, preamble, system)
+      asked = query_mask(prompt, tok.video_token_id).tolist()
+    else:
+      prompt = tok.encode(prefix[len(rendered):])
+      asked = [1] * len(prompt)
+    target = tok.encode(full[len(prefix):])
+    ids += prompt + target
+    loss += [0] * len(prompt) + [1] * len(target)
+    query += asked + [0] * len(target)
+    rendered = full
   n = len(ids)
-  out = {
-      "input_ids": np.full(seq_len, tok.pad_id, np.int32),
-      "attention_mask": np.zeros(seq_len, np.int32),
-      "loss_mask": np.zeros(seq_len, np.int32),
-      "query_mask": np.zeros(seq_len, np.int32),
-  }
+  if n > seq_len:
+    raise ValueError(f"example needs {n} tokens ({num_visual} visual, {len(turns)} turns) but "
+                     f"seq_len is {seq_len}; raise data.seq_len, ask fewer turns or compress the "
+                     "video more")
+  out = {k: np.zeros(seq_len, np.int32) for k in ("input_ids", "attention_mask", "loss_mask",
+                                                  "query_mask")}
+  out["input_ids"][:] = tok.pad_id
   out["input_ids"][:n] = ids
   out["attention_mask"][:n] = 1
-  out["loss_mask"][len(prompt):n] = 1
-  out["query_mask"][:len(prompt)] = query_mask(prompt, tok.video_token_id)
+  out["loss_mask"][:n] = loss
+  out["query_mask"][:n] = query
   return out

@@ -149,8 +149,9 @@ def svc_rules() -> list[Rule]:
   return out
 
 
-def projector_rules() -> list[Rule]:
-  return _dense("linear_{i}", "projector.linear_{i}")
+def projector_rules(norm: bool = False) -> list[Rule]:
+  return _dense("linear_{i}", "projector.linear_{i}") + (
+      _norm("norm", "projector.norm") if norm else [])
 
 
 def _flat_rules(prefix: str, params: Mapping) -> list[Rule]:
@@ -183,12 +184,14 @@ def write_compressor(reducer, reducer_name: str, params: Mapping, out_dir: str |
   if red:
     rules = svc_rules() if layout == "torch" else _flat_rules("reducer.", red)
     tensors.update(tables.to_theirs(red, rules))
-  tensors.update(tables.to_theirs(dict(params["projector"]), projector_rules()))
+  norm = "norm" in params["projector"]
+  tensors.update(tables.to_theirs(dict(params["projector"]), projector_rules(norm)))
   fields = _module_fields(reducer)
   config = {
       "format": COMPRESSOR_FORMAT, "layout": layout, "dtype": _dtype_name(tensors),
       "reducer": {"name": reducer_name, "args": _tuples_to_lists(fields), "width": width},
-      "projector": {"depth": projector_depth, "in_features": width, "out_features": llm_width},
+      "projector": {"depth": projector_depth, "in_features": width, "out_features": llm_width,
+                    "norm": norm},
   }
   if reducer_name == "svc":
     config["reducer"]["block_strides"] = [list(s) for s in svc.block_strides(reducer.strides)]
@@ -232,7 +235,8 @@ def read_compressor(source: str | os.PathLike) -> tuple[dict, dict]:
   tensors = _read_stored(weights)
   red = {k: v for k, v in tensors.items() if k.startswith("reducer.")}
   proj = {k: v for k, v in tensors.items() if k.startswith("projector.")}
-  out = {"projector": tables.to_ours(proj, projector_rules())}
+  out = {"projector": tables.to_ours(proj, projector_rules(
+      bool(config.get("projector", {}).get("norm", False))))}
   if red:
     if config["layout"] == "torch":
       out["reducer"] = tables.to_ours(red, svc_rules())

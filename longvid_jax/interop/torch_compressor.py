@@ -160,14 +160,17 @@ class SVC(nn.Module):
 
 
 class Projector(nn.Module):
-  def __init__(self, in_features: int, out_features: int, depth: int):
+  def __init__(self, in_features: int, out_features: int, depth: int, norm: bool = False):
     super().__init__()
     self.depth = depth
+    self.norm = nn.LayerNorm(in_features, eps=1e-5) if norm else None
     for i in range(depth):
       self.add_module(f"linear_{i}", nn.Linear(in_features if i == 0 else out_features,
                                                out_features))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
+    if self.norm is not None:
+      x = self.norm(x)
     for i in range(self.depth):
       if i:
         x = _gelu(x)
@@ -188,7 +191,8 @@ class Compressor(nn.Module):
     self.config = config
     self.reducer = SVC(r["width"], a["strides"], a["bottleneck"], a["constraint"],
                        r["block_strides"], r.get("layer_norm_eps", 1e-6))
-    self.projector = Projector(p["in_features"], p["out_features"], p["depth"])
+    self.projector = Projector(p["in_features"], p["out_features"], p["depth"],
+                               bool(p.get("norm", False)))
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike) -> "Compressor":

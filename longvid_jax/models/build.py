@@ -85,7 +85,8 @@ def model(cfg, tok) -> VideoLLM:
   reducer = reducers_lib.REDUCERS.get(cfg.reducer.name)(**dict(cfg.reducer.get("args") or {}))
   return VideoLLM(
       encoder=encoder(cfg), reducer=reducer,
-      projector=MLPProjector(llm_cfg.hidden_size, depth=cfg.projector.depth),
+      projector=MLPProjector(llm_cfg.hidden_size, depth=cfg.projector.depth,
+                             norm=bool(cfg.projector.get("norm", False))),
       llm=DecoderLM(llm_cfg), video_token_id=tok.video_token_id,
       train_encoder=bool(cfg.train_encoder))
 

@@ -1,4 +1,9 @@
-"""MLP projector: reduced visual tokens[B,N,C] → LLM embeddings[B,N,D] (LLaVA's mlp2x_gelu)."""
+"""MLP projector: reduced visual tokens[B,N,C] → LLM embeddings[B,N,D] (LLaVA's mlp2x_gelu).
+
+`norm` puts a LayerNorm on the input, as InternVL and Qwen2-VL do. Without it the tokens keep the
+encoder's scale: EfficientNet's mid-level features give visual embeddings ~1000× the norm of
+SmolLM2's word embeddings, which then dominate the residual stream of every layer and learn
+slowly."""
 
 from __future__ import annotations
 
@@ -9,9 +14,14 @@ import jax
 class MLPProjector(nn.Module):
   out_features: int
   depth: int = 2
+  norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.norm:  # epsilon as torch.nn.LayerNorm's, so exports match
+      x = nn.LayerNorm(epsilon=1e-5, name="norm", scale_init=nn.with_logical_partitioning(
+          nn.initializers.ones, ("embed_in",)), bias_init=nn.with_logical_partitioning(
+              nn.initializers.zeros, ("embed_in",)))(x)
     for i in range(self.depth):
       if i:
         x = nn.gelu(x)

@@ -20,8 +20,8 @@ def get_config(arg=None):
   c.model.llm.weights = None  # a tiny random LLM: fast, but alignment has nothing to align to
   c.model.llm.args = dict(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=1,
                           num_heads=4, num_kv_heads=2, rope_theta=1e5)
-  c.data.update(num_videos=40, num_frames=4, image_size=32, seq_len=80)
+  c.data.update(num_videos=40, num_frames=4, image_size=32, seq_len=80, qa_turns=1)
   for s in c.stages.values():
     s.update(steps=8, batch_size=2, log_every=1, checkpoint_every=2, warmup_steps=1, lr=1e-2,
-             keep_checkpoints=True)  # tests damage finished stages' checkpoints
+             keep_checkpoints=True, seq_len=None)  # tests damage finished stages' checkpoints
   return c

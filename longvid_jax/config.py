@@ -111,17 +111,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "template's default system turn")
   _validate_sampler(d)
   num_visual = _validate_model(config)
-  lengths: dict[str, list[str]] = {}  # the field that sets a stage's length → its stages
+  # the field that sets each LM stage's example length → (its value, the stages it sets)
+  lengths: dict[str, tuple[int, list[str]]] = {}
   for name in lm_stages:
     own = config.stages[name].get("seq_len")
     if own is None:
-      lengths.setdefault("data.seq_len", []).append(name)
+      lengths.setdefault("data.seq_len", (d.seq_len, []))[1].append(name)
     else:
       _positive_int(own, f"stages.{name}.seq_len", "set it >= 1, or None for data.seq_len")
-      lengths[f"stages.{name}.seq_len"] = [name]
+      lengths[f"stages.{name}.seq_len"] = (own, [name])
   max_pos = (config.model.llm.get("args") or {}).get("max_position")
-  for field, names in lengths.items():
-    value = d.seq_len if field == "data.seq_len" else config.stages[names[0]].seq_len
+  for field, (value, names) in lengths.items():
     need = MIN_TEXT_TOKENS + (num_visual or 0)
     if num_visual is not None and need > value:
       raise ValueError(

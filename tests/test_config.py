@@ -51,6 +51,7 @@ def test_token_budget():
   def edit(c):
     c.model.reducer.args.strides = (1, 1, 1)
     c.data.seq_len = 70
+    c.stages.align.seq_len = None  # the tiny recipe's own, checked in the next test
   _bad(edit, r"data\.seq_len=70 cannot hold 64 visual tokens.*raise data\.seq_len to >= 80")
   _bad(lambda c: c.model.llm.args.update(max_position=64), r"exceeds the LLM's 64 positions")
 
@@ -63,20 +64,22 @@ def test_stage_seq_len_overrides_data_seq_len():
   def edit(c):
     c.model.reducer.args.strides = (1, 1, 1)  # 64 visual tokens
     c.data.seq_len = 96
+    c.stages.align.seq_len = 80
     c.stages.sft.seq_len = 70
   _bad(edit, r"stages\.sft\.seq_len=70 cannot hold 64 visual tokens.*\(stages sft\).*"
              r"raise stages\.sft\.seq_len to >= 80")
   _bad(lambda c: c.stages.align.update(seq_len=0), r"stages\.align\.seq_len.*positive integer")
   _bad(lambda c: (c.model.llm.args.update(max_position=64), c.data.update(seq_len=64),
-                 c.stages.sft.update(seq_len=65)),
+                 c.stages.align.update(seq_len=None), c.stages.sft.update(seq_len=65)),
        r"stages\.sft\.seq_len=65 exceeds the LLM's 64 positions")
   c = config_lib.load(RECIPE)
-  c.stages.sft.seq_len = c.data.seq_len + 8
+  before = c.data.seq_len
+  c.stages.sft.seq_len = before + 8
   config_lib.validate(c)
   data = runner.stage_data(c, c.stages.sft)
-  assert data.seq_len == c.data.seq_len + 8 and data.image_size == c.data.image_size
-  assert runner.stage_data(c, c.stages.align) is c.data  # the default: data.seq_len
-  assert c.data.seq_len + 8 != c.data.seq_len  # data itself unchanged
+  assert data.seq_len == before + 8 and data.image_size == c.data.image_size
+  assert c.data.seq_len == before  # the copy changed, not the run's data config
+  assert runner.stage_data(c, c.stages.joint) is c.data  # unset: data.seq_len
 
 
 def test_sampler_k_within_frame_budget():

@@ -38,7 +38,13 @@ def _params(path: pathlib.Path) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  summary = runner.run(config_lib.load(RECIPE), workdir)
+  logger = logging.getLogger("longvid_jax")
+  level = logger.level
+  logger.setLevel(logging.INFO)  # run.log gets the stage lines, as under the CLI
+  try:
+    summary = runner.run(config_lib.load(RECIPE), workdir)
+  finally:
+    logger.setLevel(level)
   return workdir, summary
 
 
@@ -54,6 +60,10 @@ def test_all_stages_finish_with_lower_loss(finished):
     if s["name"] != "align":
       assert s["final_loss"] < s["first_loss"], s
     assert s["seconds"] > 0
+  log = (workdir / "run.log").read_text()  # each LM stage's own example length, or data's
+  assert re.search(r"stage 2/4 align: 8 steps of 72-token examples, training projector", log)
+  assert re.search(r"stage 4/4 sft: 8 steps of 80-token examples, training projector, llm", log)
+  assert re.search(r"stage 1/4 ae_pretrain: 8 steps, training reducer", log)
   for stage in STAGES:
     rows = [json.loads(r) for r in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))

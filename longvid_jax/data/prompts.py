@@ -45,6 +45,11 @@ def encode_prompt(tok: ChatTokenizer, question: str, num_visual: int,
                   preamble: str | None = None, system: str | None = None) -> list[int]:
   """Token ids of the prompt up to the assistant's turn, placeholders expanded."""
   text = tok.apply_chat_template(messages(question, preamble, system), add_generation_prompt=True)
+  return _expand(tok, text, num_visual)
+
+
+def _expand(tok: ChatTokenizer, text: str, num_visual: int) -> list[int]:
+  """Token ids of rendered text whose one placeholder becomes `num_visual` video tokens."""
   parts = text.split(VIDEO)
   if len(parts) != 2:
     raise ValueError(f"the prompt must contain exactly one {VIDEO} placeholder: {text!r}")
@@ -78,21 +83,22 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
   mask covers the questions and never an answer."""
   if not turns:
     raise ValueError("a conversation needs at least one (question, answer) turn")
-  msgs = [] if system is None else [{"role": "system", "content": system}]
+  msgs: list[dict] = []
   ids: list[int] = []
   loss: list[int] = []
   query: list[int] = []
   rendered = ""
   for i, (question, answer) in enumerate(turns):
-    msgs.append({"role": "user", "content": user_text(question, preamble) if i == 0 else question})
+    msgs += (messages(question, preamble, system) if i == 0
+             else [{"role": "user", "content": question}])
     prefix = tok.apply_chat_template(msgs, add_generation_prompt=True)
     msgs.append({"role": "assistant", "content": answer})
     full = tok.apply_chat_template(msgs, add_generation_prompt=False)
     if not prefix.startswith(rendered) or not full.startswith(prefix):
       raise ValueError("chat template renders earlier turns differently once later turns are "
                        "added; train on one turn per example (data.qa_turns=1)")
-    if i == 0:
-      prompt = encode_prompt(tok, question, num_visual, preamble, system)
+    if i == 0:  # the rendered prefix is the prompt encode_prompt would render again
+      prompt = _expand(tok, prefix, num_visual)
       asked = query_mask(prompt, tok.video_token_id).tolist()
     else:
       prompt = tok.encode(prefix[len(rendered):])
@@ -107,9 +113,12 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
     raise ValueError(f"example needs {n} tokens ({num_visual} visual, {len(turns)} turns) but "
                      f"seq_len is {seq_len}; raise data.seq_len, ask fewer turns or compress the "
                      "video more")
-  out = {k: np.zeros(seq_len, np.int32) for k in ("input_ids", "attention_mask", "loss_mask",
-                                                  "query_mask")}
-  out["input_ids"][:] = tok.pad_id
+  out = {
+      "input_ids": np.full(seq_len, tok.pad_id, np.int32),
+      "attention_mask": np.zeros(seq_len, np.int32),
+      "loss_mask": np.zeros(seq_len, np.int32),
+      "query_mask": np.zeros(seq_len, np.int32),
+  }
   out["input_ids"][:n] = ids
   out["attention_mask"][:n] = 1
   out["loss_mask"][:n] = loss

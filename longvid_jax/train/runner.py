@@ -25,7 +25,6 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from longvid_jax import config as config_lib
 from longvid_jax.data import features, pipeline
@@ -57,7 +56,7 @@ def stage_data(config, scfg):
   """config.data with the stage's own seq_len, if it sets one."""
   if scfg.get("seq_len") is None:
     return config.data
-  data = ml_collections.ConfigDict(config.data.to_dict())
+  data = config.data.copy_and_resolve_references()
   data.seq_len = int(scfg.seq_len)
   return data
 
@@ -163,10 +162,12 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
         results.append(result)
         continue
       scfg = with_untrained_reducer(scfg, model, params)
-      log.info("stage %d/%d %s: %d steps, training %s", i + 1, len(recipe), name, scfg.steps,
-               ", ".join(scfg.trainable))
-      ds = pipeline.dataset(stage_data(config, scfg), scfg.task, tok, num_visual,
-                            scfg.batch_size, seed=config.seed + i, process_index=jax.process_index(),
+      data = stage_data(config, scfg)
+      tokens = f" of {data.seq_len}-token examples" if scfg.loss == "lm" else ""
+      log.info("stage %d/%d %s: %d steps%s, training %s", i + 1, len(recipe), name, scfg.steps,
+               tokens, ", ".join(scfg.trainable))
+      ds = pipeline.dataset(data, scfg.task, tok, num_visual, scfg.batch_size,
+                            seed=config.seed + i, process_index=jax.process_index(),
                             process_count=jax.process_count(),
                             encoder_fingerprint=_encoder_fingerprint(config, params))
       put = lambda b: distributed.put_batch(b, batch_sharding)  # noqa: E731

@@ -1,13 +1,7 @@
-"""TransNetV2 PyTorch state dict ↔ our Flax params, with a torch-free cache.
-
-The PyTorch checkpoint is read once (torch.load(weights_only=True)), converted, and saved as
-safetensors in the cache keyed by the checkpoint's content hash; later runs load that file and
-never import torch.
-"""
+"""TransNetV2 PyTorch state dict ↔ our Flax params; the released .pth is read without torch."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from typing import Any, Mapping
@@ -18,7 +12,7 @@ import numpy as np
 from flax import traverse_util
 import flax.linen as nn
 
-from longvid_jax.interop import tables
+from longvid_jax.interop import pth, tables
 from longvid_jax.interop.tables import Rule
 
 
@@ -88,25 +82,12 @@ def to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
   return tables.to_theirs(nn.unbox(params), rules())
 
 
-def _digest(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()[:16]
-
-
-def converted_path(source: str | os.PathLike) -> pathlib.Path:
-  from longvid_jax.assets import cache_dir
-  return cache_dir() / "converted" / f"transnetv2-{_digest(pathlib.Path(source))}.safetensors"
-
-
 def load_params(source: str | os.PathLike | None = None) -> dict:
-  """Params from a .safetensors (ours) or a PyTorch .pth (converted once and cached).
+  """Params from a .safetensors (ours) or a PyTorch .pth state dict.
 
   With no argument, the released weights (offline asset `transnetv2_weights`) are used.
   """
-  from safetensors.numpy import load_file, save_file
+  from safetensors.numpy import load_file
   if source is None:
     from longvid_jax.assets import asset
     source = asset("transnetv2_weights")
@@ -116,26 +97,9 @@ def load_params(source: str | os.PathLike | None = None) -> dict:
   if source.suffix == ".safetensors":
     flat = load_file(str(source))
   else:
-    target = converted_path(source)
-    if target.exists():
-      flat = load_file(str(target))
-    else:
-      try:
-        import torch
-      except ImportError:
-        raise ImportError(f"converting {source} needs PyTorch once (pip install torch); "
-                          "or pass an already converted .safetensors file") from None
-      try:
-        state = torch.load(str(source), map_location="cpu", weights_only=True)
-      except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{source} is not a readable PyTorch state dict ({e})") from None
-      params = from_torch_state_dict(state)
-      flat = {k: np.asarray(v, np.float32)
-              for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-      target.parent.mkdir(parents=True, exist_ok=True)
-      tmp = target.with_suffix(f".tmp{os.getpid()}")
-      save_file(flat, str(tmp))
-      os.replace(tmp, target)
+    params = from_torch_state_dict(pth.load_state_dict(source))
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   params = traverse_util.unflatten_dict(flat, sep="/")
   tables.check_complete(params, expected_shapes())
   return params

@@ -6,14 +6,12 @@ SigLIP: a Hugging Face `SiglipVisionModel` directory, or a full `SiglipModel` on
 `SiglipVisionModel.from_pretrained` loads. Neither direction needs torch or transformers.
 
 EfficientNet-Lite0: an efficientnet_pytorch-style state dict (`_conv_stem`, `_blocks.N...`) is
-read once with torch.load(weights_only=True), converted and cached as safetensors keyed by the
-file's content hash, so later runs need no torch.
+read from its .pth without torch (`interop/pth.py`) and converted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -26,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from longvid_jax.interop import tables
+from longvid_jax.interop import pth, tables
 from longvid_jax.interop.tables import Rule
 
 
@@ -310,28 +308,12 @@ def efficientnet_to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
   return tables.to_theirs(_flat_nested(params), efficientnet_rules())
 
 
-def _digest(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()[:16]
-
-
-def efficientnet_converted_path(source: str | os.PathLike) -> pathlib.Path:
-  from longvid_jax.assets import cache_dir
-  name = f"efficientnet_lite0-{_digest(pathlib.Path(source))}.safetensors"
-  return cache_dir() / "converted" / name
-
-
 def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
   """Lite0 params from a .safetensors file (our names, or efficientnet_pytorch names as
-  `export_efficientnet` writes them), a directory holding one, or a PyTorch .pth (converted
-  once, then cached).
+  `export_efficientnet` writes them), a directory holding one, or a PyTorch .pth.
 
   With no argument the ImageNet weights (offline asset `efficientnet_lite0`) are used.
   """
-  from safetensors.numpy import load_file
   if source is None:
     from longvid_jax.assets import asset
     source = asset("efficientnet_lite0")
@@ -351,26 +333,10 @@ def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
       except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
   else:
-    target = efficientnet_converted_path(source)
-    if target.is_file():
-      params = traverse_util.unflatten_dict(load_file(str(target)), sep="/")
-    else:
-      try:
-        import torch
-      except ImportError:
-        raise ImportError(f"converting {source} needs PyTorch once (pip install torch); or pass "
-                          "an already converted .safetensors file") from None
-      try:
-        state = torch.load(str(source), map_location="cpu", weights_only=True)
-      except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{source} is not a readable PyTorch state dict ({e})") from None
-      if not isinstance(state, Mapping):
-        raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict")
-      try:
-        params = efficientnet_from_torch_state_dict(state)
-      except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
-      _save_safetensors(traverse_util.flatten_dict(params, sep="/"), target)
+    try:
+      params = efficientnet_from_torch_state_dict(pth.load_state_dict(source))
+    except ValueError as e:
+      raise ValueError(f"{source}: {e}") from None
   try:
     tables.check_complete(params, efficientnet_expected_shapes())
   except ValueError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import sys
 
 import jinja2.sandbox
 import pytest
@@ -101,9 +102,61 @@ def test_hf_directory_matches_tiktoken_gpt2(tmp_path):
     tok.apply_chat_template(CONVERSATION)
 
 
+GGUF_TEXTS = TEXTS + [
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",  # specials stay whole
+    "   many    spaces\t\t\n\n\n  and trailing   ",
+    "\u00a0non-breaking\u2009thin\u3000ideographic spaces",
+    "digits 0 1 22 333 4444 55555 and 1,234,567.89",
+    "<|endoftext|><repo_name>x<file_sep>y",
+    "ümlaut ÆØÅ ßtraße — “quotes” … 👩‍👩‍👧 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "",
+]
+
+
 @pytest.mark.slow
+def test_gguf_tokenizer_matches_transformers_without_torch(monkeypatch, tmp_path):
+  """Built from the GGUF metadata with `tokenizers` alone; transformers' GGUF loader (which
+  needs PyTorch) is the reference: same ids, decoded text, special ids and chat template."""
+  pytest.importorskip("torch")
+  path = asset("smollm2_135m_instruct_gguf")
+  ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  monkeypatch.setenv("LONGVID_CACHE", str(tmp_path))
+  with monkeypatch.context() as m:
+    m.setitem(sys.modules, "torch", None)  # any `import torch` now fails
+    built = tokenizers.build_from_gguf(path)
+    cached = tokenizers.load(f"gguf:{path}")  # built, saved as HF files, read back
+  rendered = ref.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+  for tok in (built, cached):
+    assert tok.apply_chat_template(CONVERSATION) == rendered
+    for text in GGUF_TEXTS + [rendered]:
+      for special in (False, True):
+        assert tok.encode(text, special) == ref.encode(text, add_special_tokens=special), text
+      ids = ref.encode(text, add_special_tokens=False)
+      for skip in (False, True):
+        assert tok.decode(ids, skip) == ref.decode(ids, skip_special_tokens=skip), text
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (ref.bos_token_id, ref.eos_token_id,
+                                                    ref.pad_token_id) == (1, 2, 2)
+    assert tok.special_tokens == {t.content: i for i, t in ref.added_tokens_decoder.items()
+                                  if t.special}
+    assert tok.vocab_size == len(ref) == 49152
+
+
+def test_gguf_tokenizer_refuses_other_kinds(tmp_path):
+  from gguf import GGUFWriter  # pylint: disable=g-import-not-at-top
+  w = GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+  w.add_tokenizer_model("llama")
+  w.add_token_list(["<unk>", "<s>", "</s>", "▁a"])
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.close()
+  with pytest.raises(ValueError, match="tokenizer.ggml.model='llama'.*Hugging Face tokenizer"):
+    tokenizers.build_from_gguf(tmp_path / "spm.gguf")
+  (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\0" * 10)
+  with pytest.raises(ValueError, match="junk.gguf is not a readable GGUF file"):
+    tokenizers.build_from_gguf(tmp_path / "junk.gguf")
+
+
 def test_gguf_tokenizer_follows_metadata():
-  """First use rebuilds the tokenizer from the GGUF (~20 s), later uses hit the cache."""
   from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
   path = asset("smollm2_135m_instruct_gguf")
   tok = tokenizers.load(f"gguf:{path}", add_video_token=True)

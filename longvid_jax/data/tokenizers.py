@@ -1,8 +1,8 @@
 """One small tokenizer interface over the formats real checkpoints ship.
 
 - Hugging Face tokenizer files (a local directory or hub id), through `transformers`;
-- the tokenizer inside a GGUF file, which `transformers` rebuilds from the metadata (slow, so the
-  rebuilt tokenizer is cached as HF files);
+- the tokenizer inside a GGUF file, built from its metadata with the `tokenizers` library (no
+  PyTorch needed), cached as HF files;
 - Qwen's tiktoken rank file, through `tiktoken`, with Qwen2's ChatML specials and template.
 
 All of them can gain a `<video>` placeholder special token, which the multimodal model replaces
@@ -163,9 +163,28 @@ def from_hf(source: str | os.PathLike) -> HFTokenizer:
   return HFTokenizer(tok, _generation_stops(path) if path.is_dir() else ())
 
 
+# Pre-tokenisation splits by the GGUF `tokenizer.ggml.pre` name; names not listed split like
+# GPT-2 (ByteLevel's own regex), as SmolLM2's "smollm" does.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF_SPLITS = {"llama3": LLAMA3_PATTERN, "llama-bpe": LLAMA3_PATTERN, "llama-v3": LLAMA3_PATTERN,
+               "qwen2": None, "deepseek-r1-qwen": None}  # None: QWEN_PATTERN (below)
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+def _gguf_metadata(file: pathlib.Path) -> dict:
+  from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
+  try:
+    fields = GGUFReader(str(file)).fields
+  except Exception as e:  # noqa: BLE001 - the reader raises many types for a damaged file
+    raise ValueError(f"{file} is not a readable GGUF file ({type(e).__name__}: {e})") from None
+  return {k: f.contents() for k, f in fields.items()
+          if k.startswith("tokenizer.") and not k.endswith(("scores", "precompiled_charsmap"))}
+
+
 def from_gguf(file: str | os.PathLike) -> HFTokenizer:
-  """The tokenizer in a GGUF file's metadata. Rebuilding it takes ~20 s, so the result is cached
-  as HF files keyed by the GGUF file's name, size and mtime."""
+  """The tokenizer in a GGUF file's metadata. Parsing the metadata takes seconds, so the built
+  tokenizer is cached as HF files keyed by the GGUF file's path, size and mtime."""
   from longvid_jax import assets  # pylint: disable=g-import-not-at-top
   file = pathlib.Path(file).expanduser()
   if not file.exists():
@@ -174,18 +193,73 @@ def from_gguf(file: str | os.PathLike) -> HFTokenizer:
   key = hashlib.sha1(f"{file.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
   cached = assets.cache_dir() / "tokenizers" / f"{file.stem}-{key}"
   if not (cached / "tokenizer.json").exists():
-    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-    try:
-      tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    except Exception as e:
-      raise ValueError(f"could not read a tokenizer from the metadata of {file}: {e}") from e
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
+    build_from_gguf(file).save(tmp)
     try:
       tmp.replace(cached)
     except OSError:  # another process cached it first
       shutil.rmtree(tmp, ignore_errors=True)
   return from_hf(cached)
+
+
+def build_from_gguf(file: str | os.PathLike) -> HFTokenizer:
+  """The byte-level BPE tokenizer a GGUF file's metadata describes (vocabulary, merges, special
+  and user-defined tokens, pre-tokeniser, chat template), built with the `tokenizers` library."""
+  from tokenizers import AddedToken, Regex, decoders, models  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer as Backend  # pylint: disable=g-import-not-at-top
+  from tokenizers import pre_tokenizers  # pylint: disable=g-import-not-at-top
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  file = pathlib.Path(file).expanduser()
+  if not file.exists():
+    raise FileNotFoundError(f"GGUF file {file} does not exist")
+  meta = _gguf_metadata(file)
+  kind = meta.get("tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise ValueError(f"{file}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') "
+                     "tokenizers are read from GGUF files. Pass the model's Hugging Face "
+                     "tokenizer directory as model.tokenizer instead")
+  tokens = list(meta["tokenizer.ggml.tokens"])
+  types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+  alphabet = _byte_chars()
+  spelled = set(alphabet.values())
+  vocab = {(t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode())): i
+           for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+  backend = Backend(models.BPE(vocab, merges, dropout=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False))
+  pre = meta.get("tokenizer.ggml.pre")
+  if pre in GGUF_SPLITS:
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GGUF_SPLITS[pre] or QWEN_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  else:
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=bool(meta.get("tokenizer.ggml.add_space_prefix", False)))
+  backend.decoder = decoders.ByteLevel()
+  # control tokens spelled outside the byte alphabet are llama.cpp mislabels: not added
+  backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                              for t, k in zip(tokens, types)
+                              if k == _GGUF_CONTROL and set(t) <= spelled])
+  backend.add_tokens([AddedToken(t, normalized=False, special=False)
+                      for t, k in zip(tokens, types) if k == _GGUF_USER_DEFINED])
+
+  def token(key: str) -> str | None:
+    i = meta.get(f"tokenizer.ggml.{key}_token_id")
+    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+  tok = PreTrainedTokenizerFast(
+      tokenizer_object=backend, bos_token=token("bos"), eos_token=token("eos"),
+      unk_token=token("unknown"), pad_token=token("padding"),
+      add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+      add_eos_token=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+      chat_template=meta.get("tokenizer.chat_template"))
+  return HFTokenizer(tok)
+
+
+def _byte_chars() -> dict[int, str]:
+  """Byte → printable character of byte-level BPE vocabularies (GPT-2's alphabet)."""
+  from transformers.convert_slow_tokenizer import bytes_to_unicode  # pylint: disable=g-import-not-at-top
+  return bytes_to_unicode()
 
 
 # --- Qwen tiktoken -------------------------------------------------------------------------------

@@ -26,12 +26,15 @@ import numpy as np
 from longvid_jax.data import prompts
 from longvid_jax.models import build
 from longvid_jax.models import generate as gen
+from longvid_jax.models.llm import DecoderLM, KVCache
 from longvid_jax.models.mllm import VideoLLM
 from longvid_jax.parallel import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 32  # prompt lengths are rounded up to this, so few programs get compiled
+PAD_MULTIPLE = 16  # prompt lengths are rounded up to this, so few programs get compiled
+TARGET_MULTIPLE = 8  # answer lengths likewise
+OPTION_MULTIPLE = 4  # and option counts
 
 
 def _tuples(x):
@@ -172,33 +175,52 @@ class Predictor:
 
   # -- scoring ----------------------------------------------------------------------------------
 
-  def _option_logprobs(self, params, feats, ids, mask, target, qmask):
-    b = ids.shape[0]
-    feats = jnp.broadcast_to(feats, (b, *feats.shape[1:]))
-    logits = self.model.apply({"params": params}, ids, mask, features=feats, query_mask=qmask)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tgt = jnp.where(target[:, 1:] > 0, ids[:, 1:], 0)
-    tok = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-    return (tok * target[:, 1:]).sum(axis=1)
+  def _option_logprobs(self, params, feats, ids, mask, qmask, targets, tmask):
+    """log p(target | video, prompt) per option: the prompt ids/mask/qmask[1,L] (left-padded)
+    runs once into a KV cache that every option's target tokens targets/tmask[N,M]
+    (right-padded) continue from, so a question costs one prompt and N short tails."""
+    llm, variables = self.model.llm, {"params": params["llm"]}
+    n, m = targets.shape
+    embeds, emask = self._prompt_embeds(params, feats, ids, mask, qmask)
+    positions = jnp.maximum(jnp.cumsum(emask, axis=1) - 1, 0)
+    cache = KVCache.init(llm.cfg, 1, ids.shape[1] + m)
+    last, cache = llm.apply(variables, embeds, positions, emask, cache=cache, last_only=True)
+    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])) if x.ndim else x,
+                         cache)
+    tail = llm.apply(variables, targets, method=DecoderLM.embed)
+    tpos = positions[:, -1:] + 1 + jnp.arange(m)[None]
+    logits, _ = llm.apply(variables, tail, jnp.broadcast_to(tpos, (n, m)), tmask, cache=cache)
+    # the prompt's last logit predicts each target's first token, tail logit j its token j+1
+    logits = jnp.concatenate([jnp.broadcast_to(last, (n, 1, last.shape[-1])), logits[:, :-1]], 1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return (tok * tmask).sum(axis=1)
 
   def loglik(self, feats: jax.Array, question: str, options: Sequence[str],
              preamble: str | None = None) -> np.ndarray:
-    """Sum of log p(option tokens | video, question) per option, end-of-turn included."""
-    rows = []
+    """Sum of log p(option tokens | video, question) per option, end-of-turn included: the
+    targets of the training example `prompts.encode_example` builds for that option."""
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
+    targets = []
     for o in options:
-      prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
-      rows.append(prompts.encode_example(self.tok, question, o, self.num_visual,
-                                         len(prompt) + 64, preamble, self.system))
-    n = max(int(r["attention_mask"].sum()) for r in rows)
-    length = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
-    batch = {k: np.stack([np.pad(r[k][:n], (0, length - n), constant_values=(
-        self.tok.pad_id if k == "input_ids" else 0)) for r in rows])
-             for k in ("input_ids", "attention_mask", "loss_mask", "query_mask")}
+      row = prompts.encode_example(self.tok, question, o, self.num_visual, len(prompt) + 64,
+                                   preamble, self.system)
+      n = int(row["attention_mask"].sum())
+      if row["input_ids"][:len(prompt)].tolist() != prompt or row["loss_mask"][len(prompt)] != 1:
+        raise ValueError(f"the chat template does not render option {o!r} after the same prompt")
+      targets.append(row["input_ids"][len(prompt):n])
+    ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
+    qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
+    width = -(-max(len(t) for t in targets) // TARGET_MULTIPLE) * TARGET_MULTIPLE
+    rows = -(-len(targets) // OPTION_MULTIPLE) * OPTION_MULTIPLE  # few shapes to compile
+    tids = np.full((rows, width), self.tok.pad_id, np.int32)
+    tmask = np.zeros((rows, width), np.int32)
+    for i, t in enumerate(targets):
+      tids[i, :len(t)], tmask[i, :len(t)] = t, 1
     with self._ctx():
-      out = self._score_fn(self.params, feats, jnp.asarray(batch["input_ids"]),
-                           jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["loss_mask"]),
-                           jnp.asarray(batch["query_mask"]))
-    return np.asarray(out)
+      out = self._score_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
+                           jnp.asarray(qmask), jnp.asarray(tids), jnp.asarray(tmask))
+    return np.asarray(out)[:len(options)]
 
   # -- generation -------------------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ def get_config(arg=None):
       # question/answer turns per qa example: more turns share one video prefix
       qa_turns=1))
 
+  # after the last stage `longvid run` scores the final params on the held-out split (split=None
+  # skips it): videos=None takes every video of the split; report draws DIR/report.png
+  c.eval = ml_collections.ConfigDict(dict(split="test", videos=None, report=True))
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = None  # None: longvid_jax.parallel.mesh.DEFAULT_RULES
   # multi-process jobs: left unset, TPU pods / SLURM / JAX_* environment variables are detected

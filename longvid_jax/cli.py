@@ -24,18 +24,44 @@ def _run(args) -> int:
   config = config_lib.load(args.config)
   config_lib.override(config, args.set or [])
   workdir = pathlib.Path(args.workdir or pathlib.Path("workdir") /
-                         pathlib.Path(args.config.partition(":")[0]).stem)
+                         pathlib.Path(args.config.partition(":")[0]).stem).absolute()
   summary = runner.run(config, workdir)
-  print(f"\nsummary:     {workdir.absolute() / 'summary.json'}")
-  print(f"checkpoints: {summary['final_params']} (final params); per-stage under {workdir.absolute()}")
-  print(f"tensorboard: tensorboard --logdir {workdir.absolute()}")
+  finished = all(s["status"] in ("done", "skipped") for s in summary["stages"])
+  if finished and config.get("eval") and config.eval.split:
+    from longvid_jax.evaluate import heldout  # pylint: disable=g-import-not-at-top
+    from longvid_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+    stages = [(s["name"], runner.stage_dir(workdir, i, s["name"]))
+              for i, s in enumerate(summary["stages"])]
+    summary["heldout"] = heldout.finish(config, workdir, stages)
+    checkpoint.write_json_atomic(workdir / "summary.json", summary)
+  print()
   for s in summary["stages"]:
     if s["status"] == "done":
       print(f"  {s['name']:<12} {s['status']:<8} {s['steps']:>5} steps  loss {s['first_loss']:.4f} → "
             f"{s['final_loss']:.4f}  {s['seconds']:.1f} s")
     else:
       print(f"  {s['name']:<12} {s['status']:<8} {s.get('note') or ''}")
+  if "heldout" in summary:
+    print()
+    print(heldout.table(summary["heldout"]))
+  print(f"\nsummary:     {workdir / 'summary.json'}")
+  if "report" in summary.get("heldout", {}):
+    print(f"report:      {summary['heldout']['report']}")
+  print(f"params:      {summary['final_params']}")
+  if finished:
+    print("\nnext:")
+    ex = heldout.example(summary["heldout"]) if "heldout" in summary else None
+    if ex:
+      print(f"  longvid ask {workdir} {ex[0]} {_quote(ex[1])}")
+      print(f"  longvid eval {workdir} {summary['heldout']['manifest']}")
+    print(f"  longvid export {workdir} --to hf {workdir / 'export'}")
+  print(f"  tensorboard --logdir {workdir}")
   return 0
+
+
+def _quote(text: str) -> str:
+  import shlex  # pylint: disable=g-import-not-at-top
+  return shlex.quote(text)
 
 
 def register(sub) -> None:

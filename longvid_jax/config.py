@@ -110,6 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.system_prompt={system!r}: set a string, or None for the chat "
                      "template's default system turn")
   _validate_sampler(d)
+  _validate_eval(config)
   num_visual = _validate_model(config)
   # the field that sets each LM stage's example length → (its value, the stages it sets)
   lengths: dict[str, tuple[int, list[str]]] = {}
@@ -132,6 +133,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{field}={value} exceeds the LLM's {max_pos} positions "
                        f"(model.llm.args.max_position); lower {field}")
   _validate_mesh(config)
+
+
+def _validate_eval(config) -> None:
+  """`eval` (optional): the held-out split `longvid run` scores after the last stage."""
+  e = config.get("eval")
+  if e is None or e.get("split") is None:
+    return
+  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if e.split not in pipeline.SPLITS:
+    raise ValueError(f"eval.split={e.split!r}: choose one of {pipeline.SPLITS}, or None to skip "
+                     "the held-out evaluation")
+  if e.get("videos") is not None:
+    _positive_int(e.videos, "eval.videos", "set how many held-out videos to score, or None "
+                  "for the whole split")
+  if not isinstance(e.get("report"), bool):
+    raise ValueError(f"eval.report={e.get('report')!r}: set True or False")
 
 
 def _validate_sampler(d) -> None:

@@ -9,6 +9,7 @@ their numbers land in the same table.
 from __future__ import annotations
 
 import collections
+import math
 import re
 import time
 from typing import Callable, Iterable, Sequence
@@ -97,17 +98,19 @@ class ModelAnswerer:
   likely the language model finds it anyway; `generate` decodes a reply and parses it.
   """
 
-  def __init__(self, predictor, mode: str = "loglik", max_new_tokens: int = 24):
+  def __init__(self, predictor, mode: str = "loglik", max_new_tokens: int = 24,
+               blank: bool = False):
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     self.p, self.mode, self.max_new_tokens = predictor, mode, max_new_tokens
+    self.blank = blank  # black frames: what the same weights answer without the video
     self._key, self._clip, self._feats, self._blank = None, None, None, None
 
   def __call__(self, r: Record) -> dict:
     key = (r.video, r.start, r.end)
     if key != self._key:
       self._clip = self.p.clip(r.video, r.start, r.end, r.scores)
-      self._feats = self.p.features(self._clip)
+      self._feats = self.p.features(self._clip, blank=self.blank)
       self._key = key
     pre = self.p.preamble(self._clip)
     out = {"visual_tokens": self.p.num_visual,
@@ -149,6 +152,25 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
   return {"rows": rows, "summary": summarise(rows)}
 
 
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (95% at z=1.96): unlike p ± z·se it stays
+  inside [0, 1] and is honest at the 0% and 100% a small task can hit."""
+  if n <= 0:
+    return 0.0, 1.0
+  p = correct / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _accuracy(rows: list[dict]) -> dict:
+  k = sum(bool(r["correct"]) for r in rows)
+  return {"n": len(rows), "accuracy": k / len(rows),
+          "ci95": [round(b, 4) for b in wilson(k, len(rows))],
+          "chance": float(np.mean([1 / r["num_options"] for r in rows]))}
+
+
 def summarise(rows: list[dict]) -> dict:
   by = collections.defaultdict(list)
   for row in rows:
@@ -156,18 +178,15 @@ def summarise(rows: list[dict]) -> dict:
   tasks = {}
   for t in sorted(by):
     rs = by[t]
-    tasks[t] = {"n": len(rs), "accuracy": float(np.mean([r["correct"] for r in rs])),
-                "chance": float(np.mean([1 / r["num_options"] for r in rs]))}
+    tasks[t] = _accuracy(rs)
     seen = [r["evidence_seen"] for r in rs if "evidence_seen" in r]
     if seen:
       tasks[t]["evidence_seen"] = float(np.mean(seen))
   seen = [r["evidence_seen"] for r in rows if "evidence_seen" in r]
   return {
       **({"evidence_seen": float(np.mean(seen))} if seen else {}),
-      "n": len(rows),
-      "accuracy": float(np.mean([r["correct"] for r in rows])),
+      **_accuracy(rows),
       "mean_task_accuracy": float(np.mean([v["accuracy"] for v in tasks.values()])),
-      "chance": float(np.mean([1 / r["num_options"] for r in rows])),
       "unparsed": sum(r.get("choice") is None for r in rows),
       "visual_tokens_per_sample": float(np.mean([r.get("visual_tokens", 0) for r in rows])),
       "seconds_per_sample": float(np.mean([r["seconds"] for r in rows])),
@@ -178,11 +197,14 @@ def summarise(rows: list[dict]) -> dict:
 def table(summary: dict, title: str = "") -> str:
   """A Markdown table: one row per task, then the overall row."""
   lines = [f"**{title}**", ""] if title else []
-  lines += ["| task | n | accuracy | chance | evidence sampled |", "|---|---:|---:|---:|---:|"]
+  lines += ["| task | n | accuracy | 95% CI | chance | evidence sampled |",
+            "|---|---:|---:|---:|---:|---:|"]
 
   def row(name, d):
     seen = f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-"
-    return f"| {name} | {d['n']} | {d['accuracy']:.3f} | {d['chance']:.3f} | {seen} |"
+    lo, hi = d["ci95"]
+    return (f"| {name} | {d['n']} | {d['accuracy']:.3f} | {lo:.2f}–{hi:.2f} | "
+            f"{d['chance']:.3f} | {seen} |")
   for t, d in summary["tasks"].items():
     lines.append(row(t, d))
   lines.append(row("**all**", summary))

@@ -84,7 +84,8 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.reducer.args.bottleneck = 32
   # a real pretrained instruct LLM that ships offline (GGUF, dequantised at load)
   c.model.llm.weights = "smollm2_135m_instruct_gguf"
-  c.model.llm.args = dict(dtype="float32")
+  # scan_layers: one compiled layer instead of 30 (compiles take seconds, not a minute a stage)
+  c.model.llm.args = dict(dtype="float32", scan_layers=True)
   c.model.tokenizer = "gguf:smollm2_135m_instruct_gguf"
   # two shots per video, so each of the two temporal tokens sees one shot; a one-line system
   # turn instead of SmolLM2's default. SFT examples ask all five questions of a video in one

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pathlib
 import sys
+
+# transformers serves tokenizers here; its notice that PyTorch is absent is no concern of ours
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 COMMAND_MODULES = (
     "longvid_jax.cli",  # run
@@ -37,8 +41,8 @@ def _run(args) -> int:
   print()
   for s in summary["stages"]:
     if s["status"] == "done":
-      print(f"  {s['name']:<12} {s['status']:<8} {s['steps']:>5} steps  loss {s['first_loss']:.4f} → "
-            f"{s['final_loss']:.4f}  {s['seconds']:.1f} s")
+      print(f"  {s['name']:<12} {s['status']:<8} {s['steps']:>5} steps  "
+            f"loss {s['first_loss']:.4f} → {s['final_loss']:.4f}  {s['seconds']:.1f} s")
     else:
       print(f"  {s['name']:<12} {s['status']:<8} {s.get('note') or ''}")
   if "heldout" in summary:

@@ -104,3 +104,19 @@ def test_eval_and_ask_commands(run_dir, manifest, tmp_path, capsys):
   assert "| **all** | 4 |" in capsys.readouterr().out
   r = next(r for _, r in records.read_manifest(manifest))
   assert cli.main(["ask", str(run_dir), r.video, r.question, "--max-new-tokens", "3"]) == 0
+
+
+def test_wilson_interval():
+  z2 = 1.96 ** 2
+  assert benchmark.wilson(0, 10)[0] == 0 and np.isclose(benchmark.wilson(0, 10)[1], z2 / (10 + z2))
+  assert np.isclose(benchmark.wilson(10, 10)[0], 10 / (10 + z2))
+  assert benchmark.wilson(10, 10)[1] == 1
+  lo, hi = benchmark.wilson(30, 100)
+  assert np.isclose(lo + hi, 2 * (0.3 + z2 / 200) / (1 + z2 / 100))  # centred off 0.3
+  assert lo < 0.3 < hi and np.isclose(hi - lo, 2 * 1.96 * np.sqrt(
+      0.3 * 0.7 / 100 + z2 / 40000) / (1 + z2 / 100))
+  assert benchmark.wilson(0, 0) == (0.0, 1.0)
+  rows = [{"task": "a", "correct": c, "num_options": 4, "seconds": 0.1}
+          for c in (True, False, False, False)]
+  s = benchmark.summarise(rows)
+  assert s["accuracy"] == 0.25 and s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]

@@ -195,3 +195,37 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
     runner.run(c, tmp_path)
   with pytest.raises(KeyError, match="no field"):
     config_lib.override(c, ["stages.align.stepz=3"])
+
+
+def test_run_command_scores_the_heldout_split_once(finished, tmp_path, capsys):
+  """After the last stage `longvid run` scores the final params on the held-out split (and on
+  black frames), draws report.png and prints the next commands; a rerun reuses the scores."""
+  from longvid_jax import cli
+  workdir = tmp_path / "run"
+  shutil.copytree(finished[0], workdir)
+  assert cli.main(["run", RECIPE, "--workdir", str(workdir)]) == 0
+  out = capsys.readouterr().out
+  summary = json.loads((workdir / "summary.json").read_text())
+  held = summary["heldout"]
+  n_videos = 2  # tiny recipe: 40 videos, 5% held out for test
+  assert held["split"] == "test" and held["n"] >= n_videos * 2
+  assert set(held["tasks"]) == {"synthetic/background", "synthetic/color", "synthetic/shape"}
+  for d in [held, *held["tasks"].values()]:
+    lo, hi = d["ci95"]
+    assert 0 <= lo <= d["accuracy"] <= hi <= 1 and 0 <= d["blank_accuracy"] <= 1
+    assert 0.2 < d["chance"] < 0.5
+  assert sum(d["n"] for d in held["tasks"].values()) == held["n"]
+  rows = json.loads((workdir / "eval" / "heldout_test.json").read_text())
+  assert len(rows["rows"]) == len(rows["blank_rows"]) == held["n"]
+  assert held["accuracy"] == np.mean([r["correct"] for r in rows["rows"]])
+  import matplotlib.image
+  picture = matplotlib.image.imread(workdir / "report.png")
+  assert picture.shape[0] > 500 and picture.shape[1] > 1000
+  assert re.search(r"all +\d+ +[01]\.\d{3}", out)  # the held-out table
+  assert f"longvid ask {workdir} {workdir / 'heldout' / 'videos'}" in out
+  assert f"longvid eval {workdir} {held['manifest']}" in out
+  assert f"longvid export {workdir} --to hf" in out and "tensorboard --logdir" in out
+  stamp = (workdir / "eval" / "heldout_test.json").stat().st_mtime_ns
+  assert cli.main(["run", RECIPE, "--workdir", str(workdir)]) == 0
+  assert (workdir / "eval" / "heldout_test.json").stat().st_mtime_ns == stamp
+  assert json.loads((workdir / "summary.json").read_text())["heldout"] == held

@@ -79,7 +79,8 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   if task == "mix":
     task = "caption" if rng.random() < 0.5 else "qa"
   if task == "caption":
-    turns = [("Describe the video.", synthetic.caption(spec))]
+    prompt = synthetic.CAPTION_PROMPTS[rng.integers(len(synthetic.CAPTION_PROMPTS))]
+    turns = [(prompt, synthetic.caption(spec))]
   else:
     qa = synthetic.questions(spec)
     turns = [qa[i] for i in rng.permutation(len(qa))[:qa_turns(cfg)]]

@@ -109,6 +109,12 @@ def render(spec: VideoSpec, size: int = 64, indices: np.ndarray | None = None) -
   return out
 
 
+# Caption examples ask in several ways, so an open question gets one descriptive sentence and
+# an end of turn rather than whatever the language model continues with.
+CAPTION_PROMPTS = ("Describe the video.", "What happens in the video?",
+                   "What is happening in this video?")
+
+
 def caption(spec: VideoSpec) -> str:
   parts = [f"a {s.color} {s.shape} on {s.background}" for s in spec.shots]
   return "The video shows " + ", then ".join(parts) + "."

@@ -104,29 +104,45 @@ class ModelAnswerer:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     self.p, self.mode, self.max_new_tokens = predictor, mode, max_new_tokens
     self.blank = blank  # black frames: what the same weights answer without the video
-    self._key, self._clip, self._feats, self._blank = None, None, None, None
+    self._key, self._clip, self._feats = None, None, None
+    self._blank_feats, self._blank_scores = None, {}
+
+  def _blank_loglik(self, question: str, options, preamble) -> np.ndarray:
+    """Option scores on black frames. Black frames look the same in every video, so an option's
+    score depends only on (question, option, preamble) and is computed once."""
+    if self._blank_feats is None:
+      self._blank_feats = self.p.features(self._clip, blank=True)
+    missing = [o for o in dict.fromkeys(options)
+               if (question, o, preamble) not in self._blank_scores]
+    if missing:
+      for o, s in zip(missing, self.p.loglik(self._blank_feats, question, missing, preamble)):
+        self._blank_scores[(question, o, preamble)] = float(s)
+    return np.array([self._blank_scores[(question, o, preamble)] for o in options])
 
   def __call__(self, r: Record) -> dict:
     key = (r.video, r.start, r.end)
     if key != self._key:
       self._clip = self.p.clip(r.video, r.start, r.end, r.scores)
-      self._feats = self.p.features(self._clip, blank=self.blank)
+      if not self.blank:
+        self._feats = self.p.features(self._clip)
       self._key = key
     pre = self.p.preamble(self._clip)
     out = {"visual_tokens": self.p.num_visual,
            "frames": self._clip.indices[self._clip.valid].tolist()}
     if "evidence" in r.meta:
       out["evidence_seen"] = oracle.evidence_seen(r, out["frames"])
-    if self.mode in ("loglik", "calibrated"):
+    if self.mode in ("loglik", "calibrated") and self.blank:
+      scores = self._blank_loglik(r.question, r.options, pre)
+      out.update(choice=int(np.argmax(scores)), scores=[round(float(s), 4) for s in scores])
+    elif self.mode in ("loglik", "calibrated"):
       scores = self.p.loglik(self._feats, r.question, r.options, pre)
       if self.mode == "calibrated":
-        if self._blank is None:  # black frames look the same in every video
-          self._blank = self.p.features(self._clip, blank=True)
-        scores = scores - self.p.loglik(self._blank, r.question, r.options, pre)
+        scores = scores - self._blank_loglik(r.question, r.options, pre)
       out.update(choice=int(np.argmax(scores)), scores=[round(float(s), 4) for s in scores])
     else:
       from longvid_jax.evaluate.predictor import mc_question  # pylint: disable=g-import-not-at-top
-      text = self.p.generate(self._feats, mc_question(r.question, r.options), pre,
+      feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
+      text = self.p.generate(feats, mc_question(r.question, r.options), pre,
                              self.max_new_tokens)
       out.update(choice=parse_choice(text, r.options), reply=text)
     return out

@@ -33,8 +33,7 @@ from longvid_jax.parallel import mesh as mesh_lib
 log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 16  # prompt lengths are rounded up to this, so few programs get compiled
-TARGET_MULTIPLE = 8  # answer lengths likewise
-OPTION_MULTIPLE = 4  # and option counts
+TARGET_MULTIPLE = 4  # answer lengths likewise
 
 
 def _tuples(x):
@@ -212,15 +211,14 @@ class Predictor:
     ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
     qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
     width = -(-max(len(t) for t in targets) // TARGET_MULTIPLE) * TARGET_MULTIPLE
-    rows = -(-len(targets) // OPTION_MULTIPLE) * OPTION_MULTIPLE  # few shapes to compile
-    tids = np.full((rows, width), self.tok.pad_id, np.int32)
-    tmask = np.zeros((rows, width), np.int32)
+    tids = np.full((len(targets), width), self.tok.pad_id, np.int32)
+    tmask = np.zeros((len(targets), width), np.int32)
     for i, t in enumerate(targets):
       tids[i, :len(t)], tmask[i, :len(t)] = t, 1
     with self._ctx():
       out = self._score_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
                            jnp.asarray(qmask), jnp.asarray(tids), jnp.asarray(tmask))
-    return np.asarray(out)[:len(options)]
+    return np.asarray(out)
 
   # -- generation -------------------------------------------------------------------------------
 

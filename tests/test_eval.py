@@ -120,3 +120,24 @@ def test_wilson_interval():
           for c in (True, False, False, False)]
   s = benchmark.summarise(rows)
   assert s["accuracy"] == 0.25 and s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]
+
+
+@pytest.mark.slow
+def test_batched_scoring_matches_one_question_at_a_time(run_dir, manifest):
+  """Questions of one video share a batch (left-padded prompts of different lengths, option
+  rows gathered from their prompt's cache): the same scores as scoring each alone."""
+  p = Predictor(run_dir)
+  recs = [r for _, r in records.read_manifest(manifest)]
+  video = recs[0].video
+  same = [r for r in recs if r.video == video][:4]
+  questions = [(r.question, r.options) for r in same]
+  questions.append(("A much longer question that pads every other prompt on the left, does "
+                    "it change anything?", ("yes", "no", "it depends on the padding")))
+  feats = p.features(p.clip(video))
+  batched = p.loglik_many(feats, questions)
+  assert len({len(p._targets(q, o, None)[0]) for q, o in questions}) > 1  # lengths differ
+  for (q, opts), got in zip(questions, batched):
+    np.testing.assert_allclose(got, p.loglik(feats, q, opts), rtol=1e-4, atol=1e-4)
+  res = benchmark.evaluate(same, benchmark.ModelAnswerer(p, "loglik"))
+  for r, row in zip(same, res["rows"]):
+    np.testing.assert_allclose(row["scores"], p.loglik(feats, r.question, r.options), atol=1e-3)

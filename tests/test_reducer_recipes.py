@@ -1,7 +1,7 @@
 """Every peer reducer replaces the SVC in the recipe by a config change alone.
 
-The joint stage is left out: it trains the same groups as SFT on captions, which align already
-covers, and each stage is a compile of its own."""
+Align and joint are left out: SFT trains the projector too (and, by the untrained-reducer rule,
+a reducer with weights), and each stage is a compile of its own."""
 
 import math
 import pathlib
@@ -40,8 +40,7 @@ def test_reducer_runs_the_four_stage_recipe(name, tmp_path):
   c.model.reducer.name = name
   c.model.reducer.args = CASES[name]
   c.data.seq_len = 112  # room for the least compressed (FiLA: 32 visual tokens)
-  c.stages.align.seq_len = None  # the tiny recipe's 72 is too short for FiLA's captions
-  c.recipe = ("ae_pretrain", "align", "sft")
+  c.recipe = ("ae_pretrain", "sft")
   for s in c.stages.values():
     s.update(steps=2, log_every=1, checkpoint_every=2)
   summary = runner.run(c, tmp_path)
@@ -49,13 +48,13 @@ def test_reducer_runs_the_four_stage_recipe(name, tmp_path):
   # none of the peers is an autoencoder: their pretraining stage is skipped, with the reason
   assert stages["ae_pretrain"]["status"] == "skipped"
   assert "no reconstruction objective" in stages["ae_pretrain"]["note"]
-  for stage in ("align", "sft"):
+  for stage in ("sft",):
     assert stages[stage]["status"] == "done" and stages[stage]["steps"] == 2
     assert math.isfinite(stages[stage]["first_loss"]), stages[stage]
     assert math.isfinite(stages[stage]["final_loss"]), stages[stage]
 
-  before, after = _params(tmp_path / "1_ae_pretrain" / "params"), _params(tmp_path / "2_align"
-                                                                           / "params")
+  before = _params(tmp_path / "1_ae_pretrain" / "params")
+  after = _params(tmp_path / "2_sft" / "params")
   moved = {k.split("/")[0] for k in before if not np.array_equal(before[k], after[k])}
   assert "projector" in moved
   learned = [k for k in before if k.startswith("reducer/")]

@@ -97,7 +97,8 @@ def assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data,fsdp,tensor", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+# pure data parallelism, and every axis split at once (fsdp and tensor cut the weights)
+@pytest.mark.parametrize("data,fsdp,tensor", [(8, 1, 1), (2, 2, 2)])
 def test_train_step_is_the_same_on_every_mesh(setup, data, fsdp, tensor):
   config, batch, want_params, want_loss = setup
   params, losses, shardings = train_steps(config, dict(data=data, fsdp=fsdp, tensor=tensor),

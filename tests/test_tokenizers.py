@@ -124,7 +124,8 @@ def test_gguf_tokenizer_matches_transformers_without_torch(monkeypatch, tmp_path
   with monkeypatch.context() as m:
     m.setitem(sys.modules, "torch", None)  # any `import torch` now fails
     built = tokenizers.build_from_gguf(path)
-    cached = tokenizers.load(f"gguf:{path}")  # built, saved as HF files, read back
+    m.setattr(tokenizers, "build_from_gguf", lambda _: built)  # build once
+    cached = tokenizers.load(f"gguf:{path}")  # saved as HF files, read back
   rendered = ref.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
   for tok in (built, cached):
     assert tok.apply_chat_template(CONVERSATION) == rendered

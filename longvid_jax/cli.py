@@ -47,7 +47,10 @@ def _run(args) -> int:
       print(f"  {s['name']:<12} {s['status']:<8} {s.get('note') or ''}")
   if "heldout" in summary:
     print()
-    print(heldout.table(summary["heldout"]))
+    from longvid_jax.evaluate import benchmark  # pylint: disable=g-import-not-at-top
+    held = summary["heldout"]
+    print(benchmark.table(held, f"held-out {held['split']} questions, options ranked by "
+                                "log-likelihood, on the video and on black frames"))
   print(f"\nsummary:     {workdir / 'summary.json'}")
   if "report" in summary.get("heldout", {}):
     print(f"report:      {summary['heldout']['report']}")

@@ -221,7 +221,9 @@ def test_run_command_scores_the_heldout_split_once(finished, tmp_path, capsys):
   import matplotlib.image
   picture = matplotlib.image.imread(workdir / "report.png")
   assert picture.shape[0] > 500 and picture.shape[1] > 1000
-  assert re.search(r"all +\d+ +[01]\.\d{3}", out)  # the held-out table
+  # the held-out table: accuracy, interval, blank frames, chance
+  assert re.search(r"\| \*\*all\*\* \| \d+ \| [01]\.\d{3} \| [01]\.\d\d–[01]\.\d\d \| "
+                   r"[01]\.\d{3} \| 0\.\d{3} \|", out)
   assert f"longvid ask {workdir} {workdir / 'heldout' / 'videos'}" in out
   assert f"longvid eval {workdir} {held['manifest']}" in out
   assert f"longvid export {workdir} --to hf" in out and "tensorboard --logdir" in out

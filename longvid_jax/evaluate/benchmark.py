@@ -247,20 +247,26 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def table(summary: dict, title: str = "") -> str:
-  """A Markdown table: one row per task, then the overall row."""
+  """A Markdown table: one row per task, then the overall row. A blank-frames column appears
+  when the summary has one (held-out scoring), an evidence column when any row has it."""
+  rows = [*summary["tasks"].items(), ("**all**", summary)]
+  blank = "blank_accuracy" in summary
+  seen = any("evidence_seen" in d for _, d in rows)
+  head = ["task", "n", "accuracy", "95% CI"] + ["blank frames"] * blank + ["chance"] + (
+      ["evidence sampled"] * seen)
   lines = [f"**{title}**", ""] if title else []
-  lines += ["| task | n | accuracy | 95% CI | chance | evidence sampled |",
-            "|---|---:|---:|---:|---:|---:|"]
-
-  def row(name, d):
-    seen = f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-"
+  lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  for name, d in rows:
     lo, hi = d["ci95"]
-    return (f"| {name} | {d['n']} | {d['accuracy']:.3f} | {lo:.2f}–{hi:.2f} | "
-            f"{d['chance']:.3f} | {seen} |")
-  for t, d in summary["tasks"].items():
-    lines.append(row(t, d))
-  lines.append(row("**all**", summary))
-  lines += ["", f"visual tokens/sample: {summary['visual_tokens_per_sample']:.0f}, "
-            f"seconds/sample: {summary['seconds_per_sample']:.3f}, "
-            f"unparsed replies: {summary['unparsed']}"]
+    cells = [name, str(d["n"]), f"{d['accuracy']:.3f}", f"{lo:.2f}–{hi:.2f}"]
+    if blank:
+      cells.append(f"{d['blank_accuracy']:.3f}")
+    cells.append(f"{d['chance']:.3f}")
+    if seen:
+      cells.append(f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-")
+    lines.append("| " + " | ".join(cells) + " |")
+  if "visual_tokens_per_sample" in summary:
+    lines += ["", f"visual tokens/sample: {summary['visual_tokens_per_sample']:.0f}, "
+              f"seconds/sample: {summary['seconds_per_sample']:.3f}, "
+              f"unparsed replies: {summary['unparsed']}"]
   return "\n".join(lines)

@@ -87,22 +87,6 @@ def _with_blank(seen: dict, blank: dict) -> dict:
   return out
 
 
-def table(heldout: dict) -> str:
-  """Plain-text table for the terminal: one row per task, then all."""
-  lines = [f"held-out {heldout['split']} questions (log-likelihood ranking of the options):",
-           f"  {'task':<22} {'n':>4}  {'accuracy':>8}  {'95% CI':>11}  {'blank frames':>12}  "
-           f"{'chance':>6}"]
-
-  def row(name: str, d: dict) -> str:
-    lo, hi = d["ci95"]
-    return (f"  {name:<22} {d['n']:>4}  {d['accuracy']:>8.3f}  {lo:>5.2f}–{hi:<5.2f}  "
-            f"{d['blank_accuracy']:>12.3f}  {d['chance']:>6.3f}")
-  for t, d in heldout["tasks"].items():
-    lines.append(row(t, d))
-  lines.append(row("all", heldout))
-  return "\n".join(lines)
-
-
 def finish(config, workdir: pathlib.Path, stages: list[tuple[str, pathlib.Path]],
            progress: bool = True) -> dict:
   """Held-out summary of a finished run, evaluated once: a rerun of the same finished recipe

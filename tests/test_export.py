@@ -176,7 +176,9 @@ def test_siglip_llama_export_matches_pytorch_and_round_trips(tmp_path):
 
 
 def test_efficientnet_bf16_qwen2_export_import_and_init_from(tmp_path):
-  config = tiny_config(EFFICIENTNET, 64, dict(qkv_bias=True, param_dtype="bfloat16"))
+  # scanned layers (the demo's layout): export unstacks them, import stacks them back
+  config = tiny_config(EFFICIENTNET, 64, dict(qkv_bias=True, param_dtype="bfloat16",
+                                              scan_layers=True))
   workdir, out = tmp_path / "run", tmp_path / "export"
   m, params, tok = make_run(config, workdir)
   assert cli.main(["export", str(workdir), "--to", "hf", str(out)]) == 0

@@ -249,6 +249,7 @@ def export_llm(params, cfg: LLMConfig, out_dir: str | os.PathLike, tokenizer=Non
   Params keep their dtype (bf16 stays bf16) unless `dtype` is given.
   """
   params = _cast(jax.device_get(llm_lib.unstack_layers(params)), dtype)  # tables name layers_{i}
+  cfg = dataclasses.replace(cfg, scan_layers=False)  # the layout the params now have
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   check_params(flat, cfg, source="params")
   out = pathlib.Path(out_dir)

@@ -152,9 +152,13 @@ def _visual_path(mdl: VideoLLM, input_ids, attention_mask, frames):
 def fit_params(group: str, params: Mapping, abstract: Mapping, where: str) -> dict:
   """Pretrained `params` cast to the dtypes of `abstract`, after a check naming every mismatch.
 
-  LLM vocabularies may be longer than the model's: an export appends rows for the `<video>`
+  LLM layers are stacked or unstacked to the model's layout. LLM vocabularies may be longer
+  than the model's: an export appends rows for the `<video>`
   placeholder, which the model never embeds, so trailing rows are dropped."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  if group == "llm":  # per-layer (checkpoints) or stacked (scan_layers): whichever the model has
+    params = (llm_lib.stack_layers(params) if "layers" in abstract
+              else llm_lib.unstack_layers(params))
   got = traverse_util.flatten_dict(dict(params), sep="/")
   want = traverse_util.flatten_dict(dict(abstract), sep="/")
   if group == "llm":

@@ -188,7 +188,7 @@ class Predictor:
     (right-padded) continue prompt which[r]'s cache, so a question costs one prompt pass and
     short tails, and the questions of one video share a batch."""
     llm, variables = self.model.llm, {"params": params["llm"]}
-    r, m = targets.shape
+    m = targets.shape[1]
     feats = jnp.broadcast_to(feats, (ids.shape[0], *feats.shape[1:]))
     embeds, emask = self._prompt_embeds(params, feats, ids, mask, qmask)
     positions = jnp.maximum(jnp.cumsum(emask, axis=1) - 1, 0)

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import pathlib
+import shlex
 import sys
 
 # transformers serves tokenizers here; its notice that PyTorch is absent is no concern of ours
@@ -59,16 +60,11 @@ def _run(args) -> int:
     print("\nnext:")
     ex = heldout.example(summary["heldout"]) if "heldout" in summary else None
     if ex:
-      print(f"  longvid ask {workdir} {ex[0]} {_quote(ex[1])}")
+      print(f"  longvid ask {workdir} {ex[0]} {shlex.quote(ex[1])}")
       print(f"  longvid eval {workdir} {summary['heldout']['manifest']}")
     print(f"  longvid export {workdir} --to hf {workdir / 'export'}")
   print(f"  tensorboard --logdir {workdir}")
   return 0
-
-
-def _quote(text: str) -> str:
-  import shlex  # pylint: disable=g-import-not-at-top
-  return shlex.quote(text)
 
 
 def register(sub) -> None:

@@ -36,7 +36,7 @@ def heldout_manifest(config, workdir: pathlib.Path) -> pathlib.Path:
 def read_questions(path: pathlib.Path, videos: int | None = None) -> list[records.Record]:
   """Multiple-choice records of the first `videos` distinct videos (all when None); bad lines
   are counted and skipped."""
-  out, seen, bad = [], [], 0
+  out, seen, bad = [], set(), 0
   for _, r in records.read_manifest(path):
     if isinstance(r, ValueError):
       bad += 1
@@ -46,7 +46,7 @@ def read_questions(path: pathlib.Path, videos: int | None = None) -> list[record
     if r.video not in seen:
       if videos is not None and len(seen) >= videos:
         continue
-      seen.append(r.video)
+      seen.add(r.video)
     out.append(r)
   if bad:
     log.warning("%s: skipped %d unreadable lines", path, bad)
@@ -57,8 +57,9 @@ def read_questions(path: pathlib.Path, videos: int | None = None) -> list[record
 
 
 def evaluate_run(config, workdir: pathlib.Path, progress: bool = True
-                 ) -> tuple[dict, list[records.Record], list[dict]]:
-  """(summary for summary.json, the questions, their answer rows) of the run's final params."""
+                 ) -> tuple[dict, list[records.Record], dict[str, list[dict]]]:
+  """(summary for summary.json, the questions, their answer rows on the video ("rows") and on
+  black frames ("blank_rows")) of the run's final params."""
   from longvid_jax.evaluate.predictor import Predictor  # pylint: disable=g-import-not-at-top
   manifest = heldout_manifest(config, workdir)
   recs = read_questions(manifest, config.eval.videos)
@@ -70,11 +71,7 @@ def evaluate_run(config, workdir: pathlib.Path, progress: bool = True
                              progress=progress)
   summary = {"split": config.eval.split, "manifest": str(manifest), "mode": "loglik",
              **_with_blank(seen["summary"], blank["summary"])}
-  out = workdir / "eval" / f"heldout_{config.eval.split}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"summary": summary, "rows": seen["rows"],
-                             "blank_rows": blank["rows"]}, indent=1))
-  return summary, recs, seen["rows"]
+  return summary, recs, {"rows": seen["rows"], "blank_rows": blank["rows"]}
 
 
 def _with_blank(seen: dict, blank: dict) -> dict:
@@ -98,10 +95,10 @@ def finish(config, workdir: pathlib.Path, stages: list[tuple[str, pathlib.Path]]
   summary, recs, rows = evaluate_run(config, workdir, progress)
   if config.eval.report:
     from longvid_jax.evaluate import report  # pylint: disable=g-import-not-at-top
-    summary["report"] = str(report.write(workdir / "report.png", stages, recs, rows, summary))
-  data = json.loads(out.read_text())
-  data["summary"] = summary
-  out.write_text(json.dumps(data, indent=1))
+    summary["report"] = str(report.write(workdir / "report.png", stages, recs, rows["rows"],
+                                         summary))
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"summary": summary, **rows}, indent=1))
   return summary
 
 

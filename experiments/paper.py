@@ -24,47 +24,20 @@ def stage(name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = config_lib.base()
   c.recipe = STAGES
   c.stages = ml_collections.ConfigDict({name: stage(name) for name in STAGES})
 
-  c.model = ml_collections.ConfigDict()
-  c.model.encoder = ml_collections.ConfigDict(dict(
-      name="siglip", preset="so400m-patch14-384", args={}, weights=None))
-  c.model.reducer = ml_collections.ConfigDict(dict(
-      name="svc", args=dict(strides=(4, 4, 4), bottleneck=1152, constraint="residual")))
-  # norm: a LayerNorm on the projector input (see models/projector.py)
-  c.model.projector = ml_collections.ConfigDict(dict(depth=2, norm=True))
-  c.model.llm = ml_collections.ConfigDict(dict(
-      args=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
-                num_heads=28, num_kv_heads=4, rope_theta=1e6, rms_eps=1e-6,
-                tie_embeddings=False, qkv_bias=True, dtype="bfloat16"),
-      weights=None))
+  c.model.encoder.update(name="siglip", preset="so400m-patch14-384")
+  c.model.reducer.update(name="svc", args=dict(strides=(4, 4, 4), bottleneck=1152,
+                                               constraint="residual"))
+  c.model.projector.norm = True
+  c.model.llm.args = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                          num_layers=28, num_heads=28, num_kv_heads=4, rope_theta=1e6,
+                          rms_eps=1e-6, tie_embeddings=False, qkv_bias=True, dtype="bfloat16")
   c.model.tokenizer = "qwen_tiktoken"
-  c.model.train_encoder = False
-  c.model.init_from = None
-
-  c.data = ml_collections.ConfigDict(dict(
-      source="synthetic", num_videos=20000, heldout_fraction=0.05, seed=0,
-      shots_per_video=8, frames_per_shot=16, num_frames=32, image_size=384, seq_len=2048,
-      # source="manifest": JSONL records (see longvid_jax.data.records), "{split}" in the path
-      manifest=None, sampler="uniform", sampler_args={}, fps=None, timestamps=False,
-      strict=False, decode_timeout=120.0, workers=0, features=None,
-      # None: the chat template's default system turn; a string replaces it
-      system_prompt=None,
-      # question/answer turns per qa example: more turns share one video prefix
-      qa_turns=1))
-
-  # after the last stage `longvid run` scores the final params on the held-out split (split=None
-  # skips it): videos=None takes every video of the split; report draws DIR/report.png
-  c.eval = ml_collections.ConfigDict(dict(split="test", videos=None, report=True))
-
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.sharding_rules = None  # None: longvid_jax.parallel.mesh.DEFAULT_RULES
-  # multi-process jobs: left unset, TPU pods / SLURM / JAX_* environment variables are detected
-  c.distributed = ml_collections.ConfigDict(dict(
-      coordinator=None, num_processes=None, process_id=None, auto=False))
+  c.data.update(num_videos=20000, heldout_fraction=0.05, shots_per_video=8, frames_per_shot=16,
+                num_frames=32, image_size=384, seq_len=2048)
 
   if arg == "runlocal":
     runlocal(c)

@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 COMMAND_MODULES = (
     "longvid_jax.cli",  # run
-    "longvid_jax.sampling.commands",  # shots, sample
+    "longvid_jax.data.shot_commands",  # shots, sample
     "longvid_jax.interop.commands",  # llm-convert, llm-chat
     "longvid_jax.data.commands",  # convert-dataset
     "longvid_jax.evaluate.commands",  # make-benchmark, ask, eval
@@ -32,7 +32,7 @@ def _run(args) -> int:
                          pathlib.Path(args.config.partition(":")[0]).stem).absolute()
   summary = runner.run(config, workdir)
   finished = all(s["status"] in ("done", "skipped") for s in summary["stages"])
-  if finished and config.get("eval") and config.eval.split:
+  if finished and config.eval.split:
     from longvid_jax.evaluate import heldout  # pylint: disable=g-import-not-at-top
     from longvid_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
     stages = [(s["name"], runner.stage_dir(workdir, i, s["name"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import math
 import pathlib
 import sys
@@ -17,22 +18,84 @@ import sys
 import ml_collections
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  path, _, arg = spec.partition(":")
+def module(path: str | pathlib.Path):
+  """The Python module of a config file (its get_config and whatever else it defines)."""
   file = pathlib.Path(path)
   if not file.exists():
     raise FileNotFoundError(f"config file {file} does not exist")
   name = f"_longvid_config_{abs(hash(str(file.absolute())))}"
   module_spec = importlib.util.spec_from_file_location(name, file)
-  module = importlib.util.module_from_spec(module_spec)
-  sys.modules[name] = module
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  mod = importlib.util.module_from_spec(module_spec)
+  sys.modules[name] = mod
+  module_spec.loader.exec_module(mod)
+  if not hasattr(mod, "get_config"):
     raise AttributeError(f"config file {file} has no get_config(arg=None) function")
-  return module.get_config(arg or None)
+  return mod
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  path, _, arg = spec.partition(":")
+  return module(path).get_config(arg or None)
+
+
+def _tuples(x):
+  """JSON turned every tuple into a list; configs hold tuples (recipe, strides, trainable)."""
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def from_json(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """A config as the runner writes it (workdir/config.json) or an export's longvid.json, on top
+  of the base config (so fields added since the run have their defaults)."""
+  path = pathlib.Path(path)
+  try:
+    values = _tuples(json.loads(path.read_text()))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is not a readable config ({e})") from None
+  c = base()
+  for name, s in (values.get("stages") or {}).items():
+    c.stages[name] = merged(stage(), s)
+  return merged(c, {k: v for k, v in values.items() if k != "stages"})
+
+
+def assign(config: ml_collections.ConfigDict, key: str, value, what: str = "--set") -> None:
+  """config[key.path] = value; the field must exist, except new options under a module's
+  `args` / `sampler_args`. JSON lists become tuples and ints floats where the default says so."""
+  node, parts = config, key.split(".")
+  for p in parts[:-1]:
+    if p not in node:
+      raise KeyError(f"{what} {key}: no field {p!r}; fields here: {', '.join(node.keys())}")
+    node = node[p]
+  free = len(parts) > 1 and parts[-2] in FREE_FORM  # module options: new keys are fine
+  if parts[-1] not in node and not free:
+    raise KeyError(f"{what} {key}: no field {parts[-1]!r}; fields here: {', '.join(node.keys())}")
+  old = node.get(parts[-1])
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, ml_collections.ConfigDict) and isinstance(
+      value, (dict, ml_collections.ConfigDict)):
+    if parts[-1] in FREE_FORM:  # module options: the new set replaces the old one
+      node[parts[-1]] = ml_collections.ConfigDict(dict(value))
+    else:  # a block: the given fields change, the others keep their values
+      for k, v in dict(value).items():
+        assign(config, f"{key}.{k}", v, what)
+    return
+  if isinstance(old, ml_collections.ConfigDict) and not free:
+    raise ValueError(f"{what} {key}={value!r}: {key} is a block of fields; set one of them "
+                     f"({key}.<field>=...)")
+  try:
+    node[parts[-1]] = value
+  except TypeError:
+    raise ValueError(f"{what} {key}={value!r}: {key} holds {_kind(old)}") from None
 
 
 def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
+  """`--set key.path=value` items; values are Python literals when they parse as one."""
   for item in assignments:
     key, sep, raw = item.partition("=")
     if not sep:
@@ -41,19 +104,7 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = raw
-    node, parts = config, key.split(".")
-    for p in parts[:-1]:
-      if p not in node:
-        raise KeyError(f"--set {key}: no field {p!r}; fields here: {', '.join(node.keys())}")
-      node = node[p]
-    if parts[-1] not in node:
-      raise KeyError(f"--set {key}: no field {parts[-1]!r}; fields here: {', '.join(node.keys())}")
-    old = node[parts[-1]]
-    if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    node[parts[-1]] = value
+    assign(config, key, value)
 
 
 MIN_TEXT_TOKENS = 16  # prompt template + a short answer, next to the visual tokens
@@ -65,15 +116,139 @@ def _positive_int(value, what: str, fix: str) -> int:
   return value
 
 
+# Fields whose default is None, and what they hold when set.
+NULLABLE = {
+    "data.manifest": (str, dict, ml_collections.ConfigDict), "data.fps": (int, float),
+    "data.detector_weights": str, "data.features": str, "data.system_prompt": str,
+    "data.encoder_fingerprint": str, "model.encoder.preset": str, "model.encoder.weights": str,
+    "model.reducer.weights": str, "model.projector.weights": str, "model.llm.weights": str,
+    "model.init_from": str, "eval.split": str, "eval.videos": int, "sharding_rules": (tuple, list),
+    "distributed.coordinator": str, "distributed.num_processes": int,
+    "distributed.process_id": int, "stage.seq_len": int,
+}
+GROUPS = ("encoder", "reducer", "projector", "llm")
+SOURCES = ("synthetic", "manifest")
+DETECTOR_MODES = ("exact", "fast")
+
+
+def _kind(default) -> str:
+  if isinstance(default, bool):
+    return "True or False"
+  if isinstance(default, int):
+    return "an integer"
+  if isinstance(default, float):
+    return "a number"
+  if isinstance(default, str):
+    return "a string"
+  if isinstance(default, tuple):
+    return "a tuple, e.g. ('a', 'b')"
+  return type(default).__name__
+
+
+def _fits(value, default) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def _check_types(node, ref, prefix: str, nullable_prefix: str) -> None:
+  for key, default in ref.items():
+    where, nkey = prefix + key, nullable_prefix + key
+    if key not in node:
+      raise ValueError(f"{where} is missing; start the config from config.base() or "
+                       "config.stage()")
+    value = node[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise ValueError(f"{where}={value!r} must be a block of fields, not a value; set one of "
+                         f"its fields instead ({where}.<field>=...)")
+      if key not in FREE_FORM:
+        _check_types(value, default, where + ".", nkey + ".")
+    elif default is None:
+      if value is not None and nkey in NULLABLE and not isinstance(value, NULLABLE[nkey]):
+        kinds = NULLABLE[nkey] if isinstance(NULLABLE[nkey], tuple) else (NULLABLE[nkey],)
+        raise ValueError(f"{where}={value!r} has the wrong type; set a "
+                         f"{' or '.join(k.__name__ for k in kinds)}, or None")
+    elif value is None and nkey in NULLABLE:  # e.g. eval.split=None skips the evaluation
+      continue
+    elif not _fits(value, default):
+      raise ValueError(f"{where}={value!r} must be {_kind(default)}")
+
+
+def _at_least(value, low, where: str, fix: str = "", strict: bool = False) -> None:
+  if value < low or (strict and value == low):
+    rel = ">" if strict else ">="
+    raise ValueError(f"{where}={value!r} must be {rel} {low}" + (f"; {fix}" if fix else ""))
+
+
+def validate_fields(config: ml_collections.ConfigDict) -> None:
+  """Types and ranges of every field, from the config alone (no JAX, no files): the first check
+  `longvid run` makes, so a bad --set fails in one line before anything starts."""
+  recipe = config.get("recipe")
+  if not isinstance(recipe, (tuple, list)) or not recipe or not all(
+      isinstance(n, str) for n in recipe):
+    raise ValueError(f"recipe={recipe!r} must be a non-empty tuple of stage names, e.g. "
+                     "('align', 'sft')")
+  _check_types(config, base(), "", "")
+  for name, s in config.stages.items():
+    if not isinstance(s, ml_collections.ConfigDict):
+      raise ValueError(f"stages.{name}={s!r} must be a stage block; set its fields instead "
+                       f"(stages.{name}.steps=...)")
+    _check_types(s, stage(), f"stages.{name}.", "stage.")
+  for name in recipe:
+    if name not in config.stages:
+      raise ValueError(f"recipe names stage {name!r} but config.stages has only "
+                       f"{', '.join(config.stages.keys())}")
+    s, w = config.stages[name], f"stages.{name}."
+    bad = [g for g in s.trainable if g not in GROUPS]
+    if bad:
+      raise ValueError(f"{w}trainable names {bad}; the param groups are {', '.join(GROUPS)}")
+    _at_least(s.grad_accum, 1, w + "grad_accum", "batches per optimiser update")
+    _at_least(s.warmup_steps, 0, w + "warmup_steps")
+    _at_least(s.weight_decay, 0.0, w + "weight_decay")
+    _at_least(s.grad_clip, 0.0, w + "grad_clip", strict=True)
+  _at_least(config.seed, 0, "seed")
+  d = config.data
+  if d.source not in SOURCES:
+    raise ValueError(f"data.source={d.source!r}: choose one of {', '.join(SOURCES)}")
+  if d.source == "manifest" and not d.manifest:
+    raise ValueError("data.source='manifest' needs data.manifest (a JSONL path, a pattern with "
+                     "{split}, or a mapping split → path)")
+  if not 0.0 < d.heldout_fraction < 0.5:
+    raise ValueError(f"data.heldout_fraction={d.heldout_fraction!r} must lie in (0, 0.5): the "
+                     "share of videos each of val and test takes")
+  if d.detector_mode not in DETECTOR_MODES:
+    raise ValueError(f"data.detector_mode={d.detector_mode!r}: choose one of "
+                     f"{', '.join(DETECTOR_MODES)}")
+  _at_least(d.decode_timeout, 0.0, "data.decode_timeout", "seconds per video", strict=True)
+  if d.fps is not None:
+    _at_least(d.fps, 0.0, "data.fps", "or None to keep every frame", strict=True)
+  _at_least(d.folder_fps, 0.0, "data.folder_fps", strict=True)
+  for field in ("read_threads", "prefetch", "skip_log_every"):
+    _at_least(d[field], 1, f"data.{field}")
+  _at_least(d.workers, 0, "data.workers")
+  _at_least(config.model.projector.depth, 1, "model.projector.depth")
+  if config.eval.videos is not None:
+    _at_least(config.eval.videos, 1, "eval.videos", "or None for the whole split")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Catch bad values before anything compiles; each error is one line saying what to change.
 
   Needs only the config: the encoder's token grid and the reducer's token count are computed
   from module definitions, without building params.
   """
-  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from longvid_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  from longvid_jax.train import losses  # pylint: disable=g-import-not-at-top
   from longvid_jax.train import stage as stage_lib  # pylint: disable=g-import-not-at-top
 
+  validate_fields(config)
   lm_stages = []
   for name in config.recipe:
     if name not in config.stages:
@@ -86,26 +261,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"stages.{name}.lr must be a positive number, got {s.lr}")
     if not s.trainable:
       raise ValueError(f"stages.{name}.trainable is empty; name the groups this stage trains")
-    if s.get("loss") not in stage_lib.LOSSES:
-      raise ValueError(f"stages.{name}.loss={s.get('loss')!r} is unknown; set one of "
-                       f"{stage_lib.LOSSES}")
-    if s.get("task") not in pipeline.TASKS:
-      raise ValueError(f"stages.{name}.task={s.get('task')!r} is unknown; set one of "
-                       f"{pipeline.TASKS}")
-    if s.loss == "lm" and s.task == "reconstruction":
-      raise ValueError(f"stages.{name}: loss 'lm' needs text, but task 'reconstruction' has "
-                       "none; set task to caption, qa or mix")
-    if s.get("nan_policy", "stop") not in stage_lib.NAN_POLICIES:
+    if s.loss not in losses.LOSSES:
+      raise ValueError(f"stages.{name}.loss={s.loss!r} is unknown; set one of "
+                       f"{', '.join(losses.LOSSES.names())}")
+    if s.task not in tasks.TASKS:
+      raise ValueError(f"stages.{name}.task={s.task!r} is unknown; set one of "
+                       f"{', '.join(tasks.TASKS.names())}")
+    needs_text = losses.LOSSES.get(s.loss).needs_text
+    if needs_text and tasks.TASKS.get(s.task).turns is None:
+      raise ValueError(f"stages.{name}: loss {s.loss!r} needs text, but task {s.task!r} has "
+                       "none; set task to one with text (caption, qa or mix)")
+    if s.nan_policy not in stage_lib.NAN_POLICIES:
       raise ValueError(f"stages.{name}.nan_policy={s.nan_policy!r}; set one of "
                        f"{stage_lib.NAN_POLICIES}")
-    if s.loss == "lm":
+    if needs_text:
       lm_stages.append(name)
   d = config.data
   for field in ("num_frames", "image_size", "seq_len", "num_videos"):
     _positive_int(d[field], f"data.{field}", "set it to a value >= 1")
-  _positive_int(d.get("qa_turns", 1), "data.qa_turns",
+  _positive_int(d.qa_turns, "data.qa_turns",
                 "set the number of question/answer turns per qa example, 1 or more")
-  system = d.get("system_prompt")
+  system = d.system_prompt
   if system is not None and not isinstance(system, str):
     raise ValueError(f"data.system_prompt={system!r}: set a string, or None for the chat "
                      "template's default system turn")
@@ -115,13 +291,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # the field that sets each LM stage's example length → (its value, the stages it sets)
   lengths: dict[str, tuple[int, list[str]]] = {}
   for name in lm_stages:
-    own = config.stages[name].get("seq_len")
+    own = config.stages[name].seq_len
     if own is None:
       lengths.setdefault("data.seq_len", (d.seq_len, []))[1].append(name)
     else:
       _positive_int(own, f"stages.{name}.seq_len", "set it >= 1, or None for data.seq_len")
       lengths[f"stages.{name}.seq_len"] = (own, [name])
-  max_pos = (config.model.llm.get("args") or {}).get("max_position")
+  max_pos = (config.model.llm.args or {}).get("max_position")
   for field, (value, names) in lengths.items():
     need = MIN_TEXT_TOKENS + (num_visual or 0)
     if num_visual is not None and need > value:
@@ -137,32 +313,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_eval(config) -> None:
   """`eval` (optional): the held-out split `longvid run` scores after the last stage."""
-  e = config.get("eval")
-  if e is None or e.get("split") is None:
+  e = config.eval
+  if e.split is None:
     return
-  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  if e.split not in pipeline.SPLITS:
-    raise ValueError(f"eval.split={e.split!r}: choose one of {pipeline.SPLITS}, or None to skip "
+  from longvid_jax.data.records import SPLITS  # pylint: disable=g-import-not-at-top
+  if e.split not in SPLITS:
+    raise ValueError(f"eval.split={e.split!r}: choose one of {SPLITS}, or None to skip "
                      "the held-out evaluation")
-  if e.get("videos") is not None:
+  if e.videos is not None:
     _positive_int(e.videos, "eval.videos", "set how many held-out videos to score, or None "
                   "for the whole split")
-  if not isinstance(e.get("report"), bool):
-    raise ValueError(f"eval.report={e.get('report')!r}: set True or False")
+  if not isinstance(e.report, bool):
+    raise ValueError(f"eval.report={e.report!r}: set True or False")
 
 
 def _validate_sampler(d) -> None:
   """`data.sampler` picks k = `data.num_frames` frames; k may not exceed what a video has."""
-  name = d.get("sampler")
-  if name is None:
-    return
+  name = d.sampler
   from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
   if not isinstance(name, str) or name not in SAMPLERS:
     raise ValueError(f"data.sampler {name!r} is unknown; set one of {', '.join(SAMPLERS.names())}")
-  if "k" in (d.get("sampler_args") or {}):
+  if "k" in (d.sampler_args or {}):
     raise ValueError("data.sampler_args.k is not used: the sampler keeps data.num_frames frames; "
                      "remove sampler_args.k and set data.num_frames")
-  if d.get("source", "synthetic") == "synthetic":
+  if d.source == "synthetic":
     have = int(d.shots_per_video) * int(d.frames_per_shot)
     if int(d.num_frames) > have:
       raise ValueError(f"data.num_frames={d.num_frames} exceeds the frame budget of a synthetic "
@@ -174,16 +348,14 @@ def _validate_model(config) -> int | None:
   """Registry names, reducer strides and the encoder's input size; returns the visual token
   count (None when the model config is too incomplete to say)."""
   from longvid_jax.models import encoders, reducers  # pylint: disable=g-import-not-at-top
-  m = config.get("model")
-  if m is None:
-    return None
+  m = config.model
   if m.encoder.name not in encoders.ENCODERS:
     raise ValueError(f"model.encoder.name {m.encoder.name!r} is unknown; set one of "
                      f"{', '.join(encoders.ENCODERS.names())}")
   if m.reducer.name not in reducers.REDUCERS:
     raise ValueError(f"model.reducer.name {m.reducer.name!r} is unknown; set one of "
                      f"{', '.join(reducers.REDUCERS.names())}")
-  args = dict(m.reducer.get("args") or {})
+  args = dict(m.reducer.args or {})
   if "strides" in args:
     st = args["strides"]
     if (not isinstance(st, (tuple, list)) or len(st) != 3
@@ -191,11 +363,10 @@ def _validate_model(config) -> int | None:
       raise ValueError(f"model.reducer.args.strides={st!r} must be three positive integers "
                        "(s_t, s_h, s_w), e.g. (4, 4, 4)")
   try:  # the config class alone: no weights are read
-    enc = encoders.config(m.encoder.name, m.encoder.get("preset"),
-                          **dict(m.encoder.get("args") or {}))
+    enc = encoders.config(m.encoder.name, m.encoder.preset, **dict(m.encoder.args or {}))
     h, w = enc.grid
   except (KeyError, ValueError, TypeError) as e:
-    raise ValueError(f"model.encoder ({m.encoder.name}, preset {m.encoder.get('preset')!r}): "
+    raise ValueError(f"model.encoder ({m.encoder.name}, preset {m.encoder.preset!r}): "
                      f"{str(e).strip(chr(34) + chr(39))}") from None
   size = getattr(enc, "image_size", None)
   if size is not None and size != config.data.image_size:
@@ -211,8 +382,6 @@ def _validate_model(config) -> int | None:
 
 def _validate_mesh(config) -> None:
   """Mesh sizes against the device count, and batch sizes against the data-parallel size."""
-  if config.get("mesh") is None:
-    return
   import jax  # pylint: disable=g-import-not-at-top
   from longvid_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   try:
@@ -228,8 +397,11 @@ def _validate_mesh(config) -> None:
 
 
 def stage(**fields) -> ml_collections.ConfigDict:
-  """A stage config: shared optimisation defaults, overridden by the stage's own fields."""
+  """A stage config: every stage field with its default, overridden by the stage's own."""
   c = ml_collections.ConfigDict(dict(
+      loss="lm",  # a name in train.losses.LOSSES: "lm" (answer tokens) or "reconstruction"
+      task="qa",  # a name in data.tasks.TASKS: what each example asks
+      trainable=(),  # param groups this stage updates: encoder, reducer, projector, llm
       steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, weight_decay=0.0, grad_clip=1.0,
       log_every=10, checkpoint_every=500,
       grad_accum=1,  # batches per optimiser update (optax.MultiSteps)
@@ -241,3 +413,82 @@ def stage(**fields) -> ml_collections.ConfigDict:
   ))
   c.update(fields)
   return c
+
+
+def data(**fields) -> ml_collections.ConfigDict:
+  """The `data` block: every field the pipeline, the clip loader and evaluation read."""
+  c = ml_collections.ConfigDict(dict(
+      source="synthetic",  # synthetic (rendered on the fly) or manifest (JSONL records)
+      manifest=None,  # a path, a path with "{split}", a glob, or a mapping split → path
+      # synthetic videos: how many, which fraction goes to val and to test, their shape
+      num_videos=1000, heldout_fraction=0.05, seed=0, shots_per_video=8, frames_per_shot=16,
+      num_frames=32,  # frames the sampler keeps per video (the model's T)
+      image_size=384,  # frame side after resizing; must equal the encoder's input size
+      seq_len=2048,  # tokens per example, visual placeholders included
+      sampler="uniform",  # a name in sampling.SAMPLERS
+      sampler_args={},  # the sampler's options (e.g. window, threshold for avs)
+      fps=None,  # resample decoded frames to this rate before sampling; None keeps them all
+      folder_fps=1.0,  # frame folders: the rate their images were taken at
+      detector_weights=None,  # TransNetV2 weights for samplers that need shot scores
+      detector_mode="exact",  # exact (the original's windows) or fast
+      timestamps=False,  # prepend "The video lasts ... frames at ... s" to the prompt
+      system_prompt=None,  # None: the chat template's default system turn
+      qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
+      strict=False,  # raise on a bad record instead of skipping it
+      skip_log_every=100,  # a skip summary every this many bad records
+      decode_timeout=120.0,  # seconds before a stuck decode counts as a bad record
+      read_threads=2, prefetch=4, workers=0,  # Grain: threads, batches ahead, processes
+      features=None,  # a feature-cache folder: batches carry encoder features, not frames
+      features_content_hash=False,  # key cache entries by video bytes, not path+mtime
+      encoder_fingerprint=None,  # set by the runner; names the encoder the cache belongs to
+  ))
+  c.update(fields)
+  return c
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every config field the code reads, declared once with its default. Recipes start here and
+  override; `--set` reaches every field; a run's saved config.json is read on top of it."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.recipe = ()  # stage names, run in order
+  c.stages = ml_collections.ConfigDict()  # name → stage(...)
+  c.model = ml_collections.ConfigDict(dict(
+      encoder=dict(name="siglip", preset=None, args={}, weights=None),
+      reducer=dict(name="svc", args={}, weights=None),
+      # norm: a LayerNorm on the projector input (see models/projector.py)
+      projector=dict(depth=2, norm=False, weights=None),
+      llm=dict(args={}, weights=None),
+      tokenizer="qwen_tiktoken",
+      train_encoder=False,
+      init_from=None,  # a params checkpoint (`longvid import` writes one) for every group
+  ))
+  c.data = data()
+  # after the last stage `longvid run` scores the final params on the held-out split (split=None
+  # skips it): videos=None takes every video of the split; report draws DIR/report.png
+  c.eval = ml_collections.ConfigDict(dict(split="test", videos=None, report=True))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = None  # None: longvid_jax.parallel.mesh.DEFAULT_RULES
+  # multi-process jobs: left unset, TPU pods / SLURM / JAX_* environment variables are detected
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator=None, num_processes=None, process_id=None, auto=False))
+  return c
+
+
+FREE_FORM = ("args", "sampler_args")  # module options: any key may be added
+
+
+def merged(into: ml_collections.ConfigDict, values) -> ml_collections.ConfigDict:
+  """`into` with `values` (a dict or ConfigDict) written over it, recursively; fields `into`
+  lacks are added (a stage's block under `stages`, a module's options)."""
+  for k, v in dict(values).items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(
+        into.get(k), ml_collections.ConfigDict):
+      merged(into[k], v)
+    elif k in into and into[k] is not None and v is not None and not isinstance(
+        v, type(into[k])) and not (isinstance(into[k], float) and isinstance(v, int)):
+      del into[k]  # stored with another type than the default's (e.g. a float step count)
+      into[k] = v
+    else:
+      into[k] = v
+  return into

@@ -2,17 +2,14 @@
 not start (e.g. 2×2×2 strides overflowing data.seq_len) fails here, not an hour into a table."""
 
 import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "ablations"))
+from longvid_jax import config as config_lib
 
-import tables  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from longvid_jax import config as config_lib  # noqa: E402
-
-BASE = tables._base(True)  # pylint: disable=protected-access
+tables = config_lib.module(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
+                           "ablations" / "tables.py")
+BASE = tables.base(True)
 NAMES = [f"{t}/{v}" for t, vs in tables.variants(BASE).items() for v in vs]
 
 

@@ -1,11 +1,8 @@
 """The ahead-of-time planner compiles the real train step from abstract values on fake devices,
 and sharding shows in its per-device memory."""
 
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import aot_plan  # noqa: E402
+import aot_plan
 
 
 def test_reduced_plan_compiles_and_fsdp_shrinks_the_state(capsys):

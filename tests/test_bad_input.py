@@ -8,14 +8,14 @@ import json
 import os
 
 import av
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 from test_pipeline import CharTok
 from test_video import _no_decodable_frames, _write_mp4
 
-from longvid_jax.data import pipeline, records, video
+from longvid_jax import config as config_lib
+from longvid_jax.data import clips, pipeline, records, video
 
 
 def _audio_only(path):
@@ -62,8 +62,8 @@ def bad_files(tmp_path_factory):
 
 
 def _cfg(manifest, **kw):
-  return ml_collections.ConfigDict(dict(source="manifest", manifest=str(manifest), num_frames=3,
-                                        image_size=8, seq_len=160, **kw))
+  return config_lib.data(source="manifest", manifest=str(manifest), num_frames=3, image_size=8,
+                         seq_len=160, **kw)
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "garbage", "no_frames", "audio_only",
@@ -95,7 +95,7 @@ def test_bad_records_are_counted_skips(bad_files, tmp_path, caplog):
   m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", *kinds, "good"],
                 ['{"id": "x", "video": ', '{"id": "no-video"}'])
   ds = pipeline.dataset(_cfg(m), "qa", CharTok(), 3, 1, seed=0)
-  good = pipeline.load_clip(records.Record(id="g", video=str(bad_files["good"][0])), _cfg(m))
+  good = clips.load_clip(records.Record(id="g", video=str(bad_files["good"][0])), _cfg(m))
   n = len(kinds) + 2
   for i in range(n + 1):  # one epoch and the first batch of the next
     np.testing.assert_allclose(ds[i]["frames"][0], good.frames / 255.0)
@@ -120,7 +120,7 @@ def test_skips_keep_batches_a_function_of_the_index(bad_files, tmp_path):
 def test_strict_raises_naming_the_record(bad_files, tmp_path, kind):
   m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", kind])
   ds = pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 2, seed=0)
-  with pytest.raises(pipeline.RecordError, match=f"record '{kind}'") as e:
+  with pytest.raises(records.RecordError, match=f"record '{kind}'") as e:
     ds[0]
   assert e.value.reason == bad_files[kind][1]
 

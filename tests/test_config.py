@@ -95,3 +95,54 @@ def test_mesh_against_devices():  # conftest gives 8 CPU devices
   _bad(lambda c: c.mesh.update(data=3), r"config\.mesh.*change the mesh sizes")
   _bad(lambda c: c.mesh.update(data=-1, fsdp=3), r"config\.mesh")
   _bad(lambda c: c.mesh.update(data=4), r"stages\.ae_pretrain\.batch_size=2.*multiple of 4")
+
+
+BAD_SETS = [  # (--set, what the one-line error must name)
+    ("data.num_frames=eight", r"data\.num_frames"),
+    ("data.num_frames=8.5", r"data\.num_frames"),
+    ("recipe=sft", r"recipe"),
+    ("recipe=()", r"recipe"),
+    ("stages.sft=3", r"stages\.sft"),
+    ("stages.sft.lr=fast", r"stages\.sft\.lr"),
+    ("data.source=youtube", r"data\.source.*youtube"),
+    ("data.source=manifest", r"data\.manifest"),
+    ("seed=-1", r"seed"),
+    ("data.heldout_fraction=1.5", r"data\.heldout_fraction"),
+    ("stages.sft.trainable=('projector','lmm')", r"stages\.sft\.trainable.*lmm"),
+    ("stages.sft.grad_accum=-2", r"stages\.sft\.grad_accum"),
+    ("stages.sft.grad_accum=0", r"stages\.sft\.grad_accum"),
+    ("stages.align.warmup_steps=-5", r"stages\.align\.warmup_steps"),
+    ("stages.sft.weight_decay=-1.0", r"stages\.sft\.weight_decay"),
+    ("data.timestamps=yes", r"data\.timestamps"),
+    ("data.detector_mode=slow", r"data\.detector_mode"),
+    ("data.decode_timeout=0", r"data\.decode_timeout"),
+    ("eval.videos=0", r"eval\.videos"),
+    ("model.projector.depth=0", r"model\.projector\.depth"),
+    ("data.read_threads=0", r"data\.read_threads"),
+    ("data.nonexistent=1", r"nonexistent"),
+]
+
+
+@pytest.mark.parametrize("assignment,match", BAD_SETS)
+def test_cli_rejects_bad_values_in_one_line_before_building(assignment, match, tmp_path, capsys,
+                                                             monkeypatch):
+  """`longvid run` with a bad --set exits 2 with one line naming the field; nothing is built
+  (the runner never starts, the workdir is never made)."""
+  import re
+  from longvid_jax import cli
+  from longvid_jax.train import runner
+  monkeypatch.setattr(runner, "_run", lambda *a: pytest.fail("the runner started"))
+  workdir = tmp_path / "run"
+  assert cli.main(["run", RECIPE, "--workdir", str(workdir), "--set", assignment]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and re.search(match, err), err
+  assert "Traceback" not in err and not workdir.exists()
+
+
+def test_good_sets_still_work():
+  c = config_lib.load(RECIPE)
+  config_lib.override(c, ["data.read_threads=4", "data.fps=2", "stages.sft.lr=3e-4",
+                          "model.reducer.args.kl_weight=0.1", "data.sampler=avs",
+                          "data.sampler_args={'window': 3}", "stages.sft.grad_accum=2"])
+  config_lib.validate(c)
+  assert c.data.read_threads == 4 and c.data.fps == 2 and c.stages.sft.grad_accum == 2

@@ -27,7 +27,7 @@ def worker(rank: int, count: int, port: int, out: pathlib.Path) -> None:
   from test_sharding import tiny_config, train_steps  # pylint: disable=g-import-not-at-top
 
   from longvid_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
-  from longvid_jax.train import stage  # pylint: disable=g-import-not-at-top
+  from longvid_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   index, n = distributed.initialize({"distributed": dict(
@@ -35,7 +35,7 @@ def worker(rank: int, count: int, port: int, out: pathlib.Path) -> None:
   assert (index, n) == (rank, count) and jax.device_count() == 2 * count
   config = tiny_config()
   params, losses, _ = train_steps(config, MESH, _batches(config))
-  stage.save_params(out / "params", params)  # every process writes its shards, one directory
+  checkpoint.save_params(out / "params", params)  # every process writes its shards, one directory
   params = multihost_utils.process_allgather(params, tiled=True)
   losses = [float(x.addressable_data(0)) for x in losses]  # replicated scalars
   if rank == 0:

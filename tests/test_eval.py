@@ -4,18 +4,16 @@ cache, answer parsing and the `longvid eval` / `longvid ask` commands, on a tiny
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 from longvid_jax import cli
 from longvid_jax import config as config_lib
+from longvid_jax import runs
 from longvid_jax.data import longvideo, records
 from longvid_jax.evaluate import benchmark
-from longvid_jax.evaluate.predictor import Predictor, resolve_checkpoint
-from longvid_jax.models import build
-from longvid_jax.parallel import mesh as mesh_lib
-from longvid_jax.train import stage
+from longvid_jax.evaluate.predictor import Predictor
+from longvid_jax.train import checkpoint
 
 TINY = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
 
@@ -33,16 +31,8 @@ def run_dir(tmp_path_factory):
   """A workdir laid out like `longvid run` leaves it, holding freshly initialised params."""
   workdir = tmp_path_factory.mktemp("run")
   c = config_lib.load(TINY)
-  tok = build.tokenizer(c.model)
-  model = build.model(c.model, tok)
-  nv = build.num_visual_tokens(model, c)
-  mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
-  rules = mesh_lib.rules_from_config(None)
-  import flax.linen as nn
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(model, c, nv, mesh, rules)
-    params = build.init_params(model, c, nv, abstract, shardings)
-  stage.save_params(workdir / "4_sft" / "params", params)
+  params = runs.setup(c, mesh=runs.single_device_mesh()).init_params()
+  checkpoint.save_params(workdir / "4_sft" / "params", params)
   (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
   (workdir / "summary.json").write_text(json.dumps(
       {"final_params": str(workdir / "4_sft" / "params"), "stages": []}))
@@ -57,10 +47,11 @@ def manifest(tmp_path_factory):
 
 
 def test_checkpoint_resolves_from_workdir_or_params(run_dir):
-  assert resolve_checkpoint(run_dir) == (run_dir, run_dir / "4_sft" / "params")
-  assert resolve_checkpoint(run_dir / "4_sft" / "params")[0] == run_dir
+  run = runs.open_run(run_dir)
+  assert (run.root, run.params_dir) == (run_dir, run_dir / "4_sft" / "params")
+  assert runs.open_run(run_dir / "4_sft" / "params").root == run_dir
   with pytest.raises(FileNotFoundError):
-    resolve_checkpoint(run_dir / "nothing")
+    runs.open_run(run_dir / "nothing")
 
 
 @pytest.mark.slow
@@ -100,7 +91,7 @@ def test_eval_and_ask_commands(run_dir, manifest, tmp_path, capsys):
   res = json.loads(out.read_text())
   s = res["summary"]
   assert s["n"] == 4 and s["visual_tokens_per_sample"] > 0 and 0 <= s["accuracy"] <= 1
-  assert set(s["tasks"]) <= set(longvideo.TASKS)
+  assert set(s["tasks"]) <= set(longvideo.QUESTION_KINDS)
   assert "| **all** | 4 |" in capsys.readouterr().out
   r = next(r for _, r in records.read_manifest(manifest))
   assert cli.main(["ask", str(run_dir), r.video, r.question, "--max-new-tokens", "3"]) == 0

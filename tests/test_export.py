@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,14 +22,13 @@ transformers = pytest.importorskip("transformers")
 
 from longvid_jax import cli  # noqa: E402
 from longvid_jax import config as config_lib  # noqa: E402
-from longvid_jax.interop import export  # noqa: E402
+from longvid_jax import runs  # noqa: E402
+from longvid_jax.interop import compressor, export  # noqa: E402
 from longvid_jax.interop.torch_compressor import Compressor  # noqa: E402
-from longvid_jax.models import build  # noqa: E402
 from longvid_jax.models.encoders.efficientnet import (  # noqa: E402
     IMAGENET_MEAN, IMAGENET_STD, EfficientNetConfig, EfficientNetLite0)
 from longvid_jax.models.llm import DecoderLM  # noqa: E402
-from longvid_jax.parallel import mesh as mesh_lib  # noqa: E402
-from longvid_jax.train import stage as stage_lib  # noqa: E402
+from longvid_jax.train import checkpoint  # noqa: E402
 
 DEMO = str(pathlib.Path(__file__).parents[1] / "configs" / "demo.py")
 TOL = 1e-4
@@ -56,24 +54,19 @@ def tiny_config(encoder: dict, image_size: int, llm: dict):
 def make_run(config, workdir: pathlib.Path):
   """A workdir as the runner leaves it (config.json, summary.json, final params), from random
   init; returns (model, params)."""
-  tok = build.tokenizer(config.model)
-  m = build.model(config.model, tok)
-  nv = build.num_visual_tokens(m, config)
-  mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  rules = mesh_lib.rules_from_config(None)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(m, config, nv, mesh, rules)
-    params = jax.device_get(build.init_params(m, config, nv, abstract, shardings))
+  s = runs.setup(config, mesh=runs.single_device_mesh())
+  m = s.model
+  params = jax.device_get(s.init_params())
   # shift norms / biases off ones and zeros so the checks see them (upwards: BN variances
   # must stay positive)
   params = jax.tree.map(lambda x: (x + 0.02 * (1 + np.sin(np.arange(x.size).reshape(x.shape)))
                                    ).astype(x.dtype), params)
   final = workdir / "4_sft" / "params"
   final.parent.mkdir(parents=True)
-  stage_lib.save_params(final, params)
+  checkpoint.save_params(final, params)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   (workdir / "summary.json").write_text(json.dumps({"final_params": str(final)}))
-  return m, params, tok
+  return m, params, s.tokenizer
 
 
 def flat(tree) -> dict:
@@ -153,7 +146,7 @@ def check_efficientnet(params, out: pathlib.Path):
 
 def round_trip(out: pathlib.Path, params, tmp_path: pathlib.Path):
   imported = export.import_hf(tmp_path / "imported", out)
-  assert export.locate(imported)[1] == imported / "params"
+  assert runs.open_run(imported).params_dir == imported / "params"
   assert_identical(export.load(imported).params, params)
 
 
@@ -196,20 +189,15 @@ def test_efficientnet_bf16_qwen2_export_import_and_init_from(tmp_path):
 
   # a run starting from the import: init_params takes every param from it
   config.model.init_from = str(tmp_path / "imported")
-  nv = build.num_visual_tokens(m, config)
-  mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-  rules = mesh_lib.rules_from_config(None)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(m, config, nv, mesh, rules)
-    assert_identical(build.init_params(m, config, nv, abstract, shardings), params)
+  assert_identical(runs.setup(config, mesh=runs.single_device_mesh()).init_params(), params)
 
 
 def test_import_errors_are_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config"):
     export.import_hf(tmp_path / "x", llm=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="not an exported compressor"):
-    export.read_compressor(tmp_path)
+    compressor.read_compressor(tmp_path)
   with pytest.raises(FileNotFoundError, match="no config.json"):
-    export.locate(tmp_path)
+    runs.open_run(tmp_path)
   with pytest.raises(FileNotFoundError, match="not a params checkpoint"):
-    build.init_from_dir(tmp_path / "missing")
+    runs.init_from_dir(tmp_path / "missing")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from test_pipeline import CharTok
 from test_video import _write_mp4
 
+from longvid_jax import config as config_lib
 from longvid_jax.data import features, pipeline, records
 
 
@@ -30,9 +30,9 @@ def setup(tmp_path):
     recs.append(records.Record(id=f"r{j}", video=str(tmp_path / f"v{j}.mp4"),
                                turns=(("Q?", f"A{j}"),)))
   records.write_manifest(tmp_path / "train.jsonl", recs)
-  cfg = ml_collections.ConfigDict(dict(
+  cfg = config_lib.data(
       source="manifest", manifest=str(tmp_path / "train.jsonl"), num_frames=4, image_size=16,
-      seq_len=160, features=str(tmp_path / "cache"), timestamps=True))
+      seq_len=160, features=str(tmp_path / "cache"), timestamps=True)
   fp = features.encoder_fingerprint("pool", "tiny", {}, PARAMS)
   return tmp_path, recs, cfg, fp
 
@@ -53,7 +53,7 @@ def test_cache_hit_matches_frames(setup):
   assert len(list((tmp / "cache").glob("shard-*.safetensors"))) == 2  # small shards: one each
   assert features.precompute(recs, cfg, encode, fp, cfg.features)["cached"] == 2
   ds = pipeline.dataset(cfg, "qa", CharTok(), 4, 2, seed=0, encoder_fingerprint=fp)
-  frame_cfg = ml_collections.ConfigDict({**cfg.to_dict(), "features": None})
+  frame_cfg = config_lib.data(**{**cfg.to_dict(), "features": None})
   ref = pipeline.dataset(frame_cfg, "qa", CharTok(), 4, 2, seed=0)
   b, r = ds[0], ref[0]
   assert "frames" not in b and b["features"].shape == (2, 4, 4, 4, 3)
@@ -76,10 +76,10 @@ def test_stale_entries_are_never_used(setup, caplog):
   # a different encoder or sampling misses everything, and says why
   cfg.strict = True
   other = features.encoder_fingerprint("pool", "tiny", {}, {"conv": {"kernel": np.zeros((3, 3))}})
-  with pytest.raises(pipeline.RecordError, match="stale: encoder changed"):
+  with pytest.raises(records.RecordError, match="stale: encoder changed"):
     pipeline.dataset(cfg, "qa", CharTok(), 4, 2, seed=0, encoder_fingerprint=other)[0]
   cfg.num_frames = 3
-  with pytest.raises(pipeline.RecordError, match="stale: sampling changed"):
+  with pytest.raises(records.RecordError, match="stale: sampling changed"):
     pipeline.dataset(cfg, "qa", CharTok(), 4, 2, seed=0, encoder_fingerprint=fp)[0]
   # after a new precompute the rewritten video hits again
   cfg.num_frames = 4

@@ -39,8 +39,8 @@ def write_gguf(path, ref, qtype: Q) -> None:
   quantised to `qtype` (norms stay F32, as llama.cpp writes them)."""
   c = ref.config
   cfg = LLMConfig.from_hf(c)
-  params = hf.convert({k: v.numpy() for k, v in ref.state_dict().items()}, llm_tables.HF_RULES,
-                      cfg, llm_tables.hf_ignore(cfg))
+  params = llm_tables.convert({k: v.numpy() for k, v in ref.state_dict().items()},
+                              llm_tables.HF_RULES, cfg, llm_tables.hf_ignore(cfg))
   w = gguf.GGUFWriter(str(path), "llama")
   w.add_block_count(c.num_hidden_layers)
   w.add_context_length(c.max_position_embeddings)
@@ -88,8 +88,8 @@ def test_synthetic_gguf_matches_transformers_loader(qtype, tmp_path):
   if qtype == Q.F32:  # lossless: also equal to the model the file was written from
     assert np.abs(ours - orig).max() < 1e-4
   else:  # quantised: every weight matrix near the original, but not equal to it
-    exact = hf.convert({k: v.numpy() for k, v in ref.state_dict().items()},
-                       llm_tables.HF_RULES, cfg)
+    exact = llm_tables.convert({k: v.numpy() for k, v in ref.state_dict().items()},
+                                   llm_tables.HF_RULES, cfg)
     flat_ours, flat_exact = (traverse_util.flatten_dict(p, sep="/") for p in (params, exact))
     for k, x in flat_exact.items():
       if x.ndim == 2:

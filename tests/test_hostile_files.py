@@ -29,7 +29,7 @@ HF_CONFIG = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_s
 
 
 def _params():
-  flat = {k: np.full(s, 0.01, np.float32) for k, s in hf.expected_shapes(CFG).items()}
+  flat = {k: np.full(s, 0.01, np.float32) for k, s in llm_tables.expected_shapes(CFG).items()}
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

@@ -177,8 +177,8 @@ def test_resize_vocab_keeps_old_logits():
   family, kw = CONFIGS["llama_gqa2_untied"]
   cfg = LLMConfig.from_hf(hf_model(family, **kw).config)
   ref = hf_model(family, **kw)
-  params = hf.convert({k: v.numpy() for k, v in ref.state_dict().items()},
-                      llm_tables.HF_RULES, cfg)
+  params = llm_tables.convert({k: v.numpy() for k, v in ref.state_dict().items()},
+                              llm_tables.HF_RULES, cfg)
   big, big_cfg = hf.resize_vocab(params, cfg, cfg.vocab_size + 3)
   assert big_cfg.vocab_size == cfg.vocab_size + 3
   ids, mask, pos = batch(cfg.vocab_size)

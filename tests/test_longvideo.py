@@ -42,7 +42,7 @@ def test_splits_share_no_video_and_answers_are_balanced(bench):
   assert not (videos["val"] & videos["test"])
   for r in recs["train"]:
     assert r.options[r.answer_index] == r.answer and len(set(r.options)) == len(r.options)
-  for task in longvideo.TASKS:
+  for task in longvideo.QUESTION_KINDS:
     pos = [r.answer_index for r in recs["train"] if r.task == task]
     counts = np.bincount(pos, minlength=len(recs["train"][0].options if task != "ordering"
                                                 else (0, 0)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from longvid_jax.data import prompts
-from longvid_jax.models import build
+from longvid_jax import trees
 from longvid_jax.models.llm import DecoderLM, LLMConfig
 from longvid_jax.models.mllm import VideoLLM, lm_loss
 from longvid_jax.models.projector import MLPProjector
@@ -33,7 +33,7 @@ def _params(m, *args, **kwargs):
   """Params shaped as `m.init(*args, **kwargs)` makes them, drawn with NumPy: compiling flax's
   random init (one threefry program per N-d kernel) is most of a minute on CPU, and nothing
   here depends on how params are initialised."""
-  shapes = build.strip_boxes(jax.eval_shape(m.init, jax.random.key(0), *args, **kwargs))
+  shapes = trees.strip_boxes(jax.eval_shape(m.init, jax.random.key(0), *args, **kwargs))
   rng = np.random.default_rng(0)
   return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype), shapes)
 

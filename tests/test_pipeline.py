@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from test_video import _write_mp4
 
-from longvid_jax.data import pipeline, records, video
+from longvid_jax import config as config_lib
+from longvid_jax.data import clips, pipeline, records, shots, video
+from longvid_jax.sampling.transnetv2 import ShotPredictions
 
 
 class CharTok:
@@ -35,9 +37,9 @@ def text_of(ids, mask=None):
 
 
 def synthetic_cfg():
-  return ml_collections.ConfigDict(dict(
+  return config_lib.data(
       source="synthetic", num_videos=40, heldout_fraction=0.1, seed=0, shots_per_video=2,
-      frames_per_shot=4, num_frames=4, image_size=16, seq_len=160))
+      frames_per_shot=4, num_frames=4, image_size=16, seq_len=160)
 
 
 def test_synthetic_batches_unchanged():
@@ -68,9 +70,9 @@ def corpus(tmp_path_factory):
 
 
 def manifest_cfg(root, **kw):
-  return ml_collections.ConfigDict(dict(
+  return config_lib.data(
       source="manifest", manifest=str(root / "{split}.jsonl"), num_frames=4, image_size=16,
-      seq_len=256, **kw))
+      seq_len=256, **kw)
 
 
 def test_manifest_examples(corpus):
@@ -165,32 +167,37 @@ def test_scores_drive_the_adaptive_sampler(corpus, tmp_path):
   np.save(tmp_path / "s.npy", scores)
   rec = records.Record(id="s", video=str(corpus / "v1.mp4"), scores=str(tmp_path / "s.npy"))
   cfg = manifest_cfg(corpus, sampler="avs", sampler_args={"window": 2})
-  clip = pipeline.load_clip(rec, cfg)
+  clip = clips.load_clip(rec, cfg)
   assert {5, 13} <= set(clip.indices.tolist())
   cfg.fps = 5.0  # keeps even frames only; the cut at 5 moves to the next kept frame, 6
-  clip = pipeline.load_clip(rec, cfg)
+  clip = clips.load_clip(rec, cfg)
   assert {6, 14} <= set(clip.indices.tolist()) and all(i % 2 == 0 for i in clip.indices)
 
 
-def test_detector_runs_only_when_needed(corpus, monkeypatch):
+def test_detector_runs_once_per_video_and_only_when_needed(corpus, monkeypatch, tmp_path):
+  """Scores are computed for samplers that need them, once per video: the second sampler and a
+  fresh process (the in-memory detector dropped) read them from the on-disk shot cache."""
   calls = []
 
   class FakeDetector:
-    def predict_chunks(self, chunks):
+    def predict_chunks(self, chunks, progress=None):
       n = sum(len(c) for c in chunks)
       calls.append(n)
       single = np.zeros(n, np.float32)
       single[9] = 1.0
-      return type("P", (), {"single": single, "embeddings": np.eye(n, 8, dtype=np.float32)})
+      return ShotPredictions(single, single, np.eye(n, 8, dtype=np.float32))
 
-  monkeypatch.setattr(pipeline, "shot_detector", lambda cfg: FakeDetector())
+  monkeypatch.setenv("LONGVID_CACHE", str(tmp_path))
+  monkeypatch.setattr(shots, "detector", lambda *a, **k: FakeDetector())
   rec = records.Record(id="d", video=str(corpus / "v1.mp4"))
-  pipeline.load_clip(rec, manifest_cfg(corpus))
+  clips.load_clip(rec, manifest_cfg(corpus))
   assert calls == []
-  clip = pipeline.load_clip(rec, manifest_cfg(corpus, sampler="avs"))
+  clip = clips.load_clip(rec, manifest_cfg(corpus, sampler="avs"))
   assert calls == [20] and 10 in clip.indices
-  pipeline.load_clip(rec, manifest_cfg(corpus, sampler="longvu"))
-  assert calls == [20, 20]
+  assert clips.load_clip(rec, manifest_cfg(corpus, sampler="longvu")).valid.all()
+  assert calls == [20] and len(list((tmp_path / "shots").glob("*.npz"))) == 1
+  pred = shots.predict(rec.video)
+  assert calls == [20] and pred.single[9] == 1.0 and pred.timestamps.shape == (20,)
 
 
 def test_iterator_state_round_trip(corpus):

@@ -1,14 +1,11 @@
 """tools/probe_tokens.py: its ridge probe reads a label that is linearly present and only guesses
 one that is not, so its numbers in docs/results.md mean what they say."""
 
-import pathlib
-import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
 
-import probe_tokens  # noqa: E402  pylint: disable=g-import-not-at-top
+import probe_tokens
 
 
 def test_ridge_probe_reads_present_labels_and_not_absent_ones():

@@ -190,7 +190,7 @@ def test_bad_inputs():
 
 
 def test_sample_command_uniform_json(tmp_path, capsys):
-  from longvid_jax.sampling import commands
+  from longvid_jax.data import shot_commands as commands
   path = tmp_path / "c.mp4"
   out = av.open(str(path), "w")
   st = out.add_stream("libx264", rate=10)

@@ -3,7 +3,6 @@ gradient accumulation and the attention backend change speed or memory, never th
 
 import dataclasses
 import pathlib
-import types
 
 import flax.linen as nn
 import jax
@@ -15,6 +14,7 @@ from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
 from longvid_jax import config as config_lib
+from longvid_jax import runs
 from longvid_jax.models import build, llm
 from longvid_jax.parallel import distributed
 from longvid_jax.parallel import mesh as mesh_lib
@@ -35,8 +35,7 @@ def tiny_config():
 
 
 def tiny_model(config):
-  tok = types.SimpleNamespace(video_token_id=config.model.llm.args["vocab_size"])
-  m = build.model(config.model, tok)
+  m = build.model(config.model, video_token_id=config.model.llm.args["vocab_size"])
   return m, build.num_visual_tokens(m, config)
 
 
@@ -58,16 +57,13 @@ def tiny_batch(config, num_visual: int, video_token_id: int, seed: int = 0) -> d
 def train_steps(config, sizes: dict, batches, devices=None):
   """Params and losses after one train step per global batch on the mesh `sizes`; each process
   feeds only its rows of every batch."""
-  model, num_visual = tiny_model(config)
-  mesh = mesh_lib.make_mesh(sizes, devices)
-  rules = mesh_lib.rules_from_config(None)
+  s = runs.setup(config, mesh=mesh_lib.make_mesh(sizes, devices), with_tokenizer=False)
+  model, mesh, shardings = s.model, s.mesh, s.shardings
   scfg = config.stages.joint
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(model, config, num_visual, mesh, rules)
-    params = build.init_params(model, config, num_visual, abstract, shardings)
+  with s.scope():
+    params = s.init_params()
     tx = optim.make_optimizer(scfg, params)
-    state = {"params": params, "opt_state": optim.init_opt_state(tx, params),
-             "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    state = stage.train_state(params, optim.init_opt_state(tx, params))
     step_fn = stage.make_train_step(model, "lm", tx, optim.trainable_mask(params, TRAINED))
     losses = []
     rows = distributed.process_rows(mesh_lib.batch_sharding(mesh), GLOBAL_BATCH)

@@ -41,7 +41,7 @@ def ref_model(ref_module):
 
 @pytest.fixture(scope="module")
 def detector():
-  return tn.ShotDetector(batch_windows=2)
+  return tn.ShotDetector(conv.load_params(), batch_windows=2)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,8 @@ def test_streamed_video_matches_reference(ref_model, clip_frames):
     s_ref, m_ref = ref_model.predict_frames(torch.from_numpy(clip_frames[:n]), quiet=True)
   chunks = itertools.islice(video.iter_frames(asset("cuts_video"), chunk, size=(48, 27)),
                             n // chunk)
-  ours = tn.ShotDetector(batch_windows=2).predict_chunks(c.frames for c in chunks)
+  det = tn.ShotDetector(conv.load_params(), batch_windows=2)
+  ours = det.predict_chunks(c.frames for c in chunks)
   s_ref, m_ref = s_ref.numpy(), m_ref.numpy()
   assert ours.single.shape == (n,)
   assert np.abs(ours.single - s_ref).max() < TOL
@@ -172,7 +173,7 @@ def short_mp4(tmp_path_factory, clip_frames):
 
 
 def _cli():
-  from longvid_jax.sampling import commands
+  from longvid_jax.data import shot_commands as commands
   ap = argparse.ArgumentParser()
   commands.register(ap.add_subparsers())
   return ap

@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import time
-import types
 
 DEFAULT_MESHES = ("8:1,8,1", "8:1,4,2", "64:1,16,4", "256:4,16,4")
 REDUCED_MESHES = ("8:8,1,1", "8:2,2,2", "8:1,4,2")
@@ -74,32 +73,26 @@ def load_config(args):
 
 def plan(config, stage_name: str, sizes: dict, per_device_batch: int) -> dict:
   """Compile one train step for mesh `sizes` from abstract values; its memory and FLOPs."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
-  from longvid_jax.models import build  # pylint: disable=g-import-not-at-top
+  from longvid_jax import runs  # pylint: disable=g-import-not-at-top
   from longvid_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from longvid_jax.train import optim, stage  # pylint: disable=g-import-not-at-top
 
-  llm_cfg = build.llm_config(config.model)
-  tok = types.SimpleNamespace(video_token_id=llm_cfg.vocab_size)  # no tokenizer download
-  model = build.model(config.model, tok)
-  num_visual = build.num_visual_tokens(model, config)
-  mesh = mesh_lib.make_mesh(sizes)
-  rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
+  s = runs.setup(config, mesh=sizes, with_tokenizer=False)  # no tokenizer download
+  model, mesh, abstract = s.model, s.mesh, s.abstract
   scfg = config.stages[stage_name]
   d = config.data
   batch_size = per_device_batch * sizes["data"] * sizes["fsdp"]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, _ = build.abstract_params(model, config, num_visual, mesh, rules)
+  with s.scope():
     tx = optim.make_optimizer(scfg, abstract)
     opt_shardings = optim.opt_state_shardings(tx, abstract)
     opt_abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 jax.eval_shape(tx.init, abstract), opt_shardings)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
-    state = {"params": abstract, "opt_state": opt_abstract, "step": scalar, "skipped": scalar}
+    state = stage.train_state(abstract, opt_abstract, scalar, scalar)
     rows = mesh_lib.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((batch_size, d.seq_len), jnp.int32, sharding=rows)
              for k in ("input_ids", "attention_mask", "loss_mask")}

@@ -57,37 +57,31 @@ def main(argv=None) -> dict:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={n}").strip()
 
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from longvid_jax.models import build  # pylint: disable=g-import-not-at-top
+  from longvid_jax import runs  # pylint: disable=g-import-not-at-top
   from longvid_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from longvid_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from longvid_jax.train import optim, stage  # pylint: disable=g-import-not-at-top
 
   config = aot_plan.load_config(args)
-  llm_cfg = build.llm_config(config.model)
-  model = build.model(config.model, aot_plan.types.SimpleNamespace(
-      video_token_id=llm_cfg.vocab_size))
-  num_visual = build.num_visual_tokens(model, config)
-  mesh = mesh_lib.make_mesh(sizes)
-  rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
+  s = runs.setup(config, mesh=sizes, with_tokenizer=False)  # no tokenizer download
+  model, mesh, num_visual, abstract = s.model, s.mesh, s.num_visual, s.abstract
+  llm_cfg = model.llm.cfg
+  vocab = llm_cfg.vocab_size
   scfg, d = config.stages[args.stage], config.data
   batch_size = args.per_device_batch * sizes["data"] * sizes["fsdp"]
   rng = np.random.default_rng(0)
-  ids = rng.integers(1, llm_cfg.vocab_size, (batch_size, d.seq_len)).astype(np.int32)
-  ids[:, :num_visual] = llm_cfg.vocab_size
+  ids = rng.integers(1, vocab, (batch_size, d.seq_len)).astype(np.int32)
+  ids[:, :num_visual] = vocab
   batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=np.ones_like(ids),
                frames=rng.uniform(size=(batch_size, d.num_frames, d.image_size, d.image_size, 3)
                                   ).astype(np.float32))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(model, config, num_visual, mesh, rules)
-    params = build.init_params(model, config, num_visual, abstract, shardings)
+  with s.scope():
+    params = s.init_params()
     tx = optim.make_optimizer(scfg, params)
-    state = {"params": params, "opt_state": optim.init_opt_state(tx, params),
-             "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    state = stage.train_state(params, optim.init_opt_state(tx, params))
     trainable = optim.trainable_mask(params, scfg.trainable)
     step = stage.make_train_step(model, scfg.loss, tx, trainable)
     batch = distributed.put_batch(batch, mesh_lib.batch_sharding(mesh))

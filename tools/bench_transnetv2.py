@@ -82,14 +82,14 @@ def main(argv=None) -> int:
   import torch
   from longvid_jax.assets import asset
   from longvid_jax.data.video import read_all
-  from longvid_jax.sampling.transnetv2 import ShotDetector
+  from longvid_jax.data import shots
 
   torch.set_num_threads(args.threads)
   video = read_all(asset("cuts_video"), size=(48, 27)).frames
   frames = video[:args.frames]
   n = len(frames)
   ref = load_reference()
-  ours = ShotDetector(batch_windows=args.batch_windows)
+  ours = shots.detector(batch_windows=args.batch_windows)
   ours.predict_frames(frames[:100])  # compile outside the timing
   frames_t = torch.from_numpy(frames)
 
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
   }
   if args.fast:
     clip = video[:args.fast_frames] if args.fast_frames else video
-    fast = ShotDetector(batch_windows=args.batch_windows, mode="fast")
+    fast = shots.detector(mode="fast", batch_windows=args.batch_windows)
     fast.predict_frames(clip[:100])  # compile
     t = time.perf_counter()
     exact_full = ours.predict_frames(clip)

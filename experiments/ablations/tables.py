@@ -1,7 +1,6 @@
-"""The paper's ablations as config variants of experiments/paper.py, and a driver that trains
-each variant, evaluates it and writes a table and a plot.
+"""The paper's ablations as config variants of experiments/paper.py.
 
-Configs: `get_config("table3/perceiver")` is the full-size recipe with that change;
+`get_config("table3/perceiver")` is the full-size recipe with that change;
 `get_config("table3/perceiver,runlocal")` the same change on the laptop recipe, e.g.
 
   longvid run experiments/ablations/tables.py:table3/perceiver,runlocal
@@ -13,32 +12,19 @@ Tables (all at the recipe's frame budget k = data.num_frames):
   table5  SVC with AE pretraining vs a random (never trained) SVC
   table6  latent constraint: none, vae, residual
 
-Driver (from the repository root):
-
-  python experiments/ablations/tables.py table3 --steps 4 --out workdir/ablations
-
-Each variant trains into OUT/<table>/<variant> (reruns resume), is evaluated by
-log-likelihood on (a) the recipe's own held-out synthetic videos and (b) the long-video
-benchmark's test split (both generated under OUT/data when missing), and the table lands in
-OUT/<table>/table.md, results.json and plot.png. `--steps` shrinks every stage; omit it to
-train the recipe's full schedule.
+`tools/ablations.py` trains and evaluates every variant of a table and writes the table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
-import sys
-import time
 
 import ml_collections
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
+from longvid_jax import config as config_lib
+from longvid_jax.models import encoders
 
-from longvid_jax import config as config_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _reducer(name: str, **args) -> dict:
@@ -53,15 +39,14 @@ def _svc(c, **changes) -> dict:
 
 def _strides(c, strides: tuple[int, int, int]) -> dict:
   """SVC at other strides; every seq_len grows with the token count so the text still fits."""
-  from longvid_jax.models import encoders  # pylint: disable=g-import-not-at-top
   e = c.model.encoder
-  grid = encoders.config(e.name, e.get("preset"), **dict(e.get("args") or {})).grid
+  grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
   def count(st):
     return -(-c.data.num_frames // st[0]) * -(-grid[0] // st[1]) * -(-grid[1] // st[2])
   extra = max(0, count(strides) - count(tuple(c.model.reducer.args.strides)))
   grow = {"data.seq_len": c.data.seq_len + extra}
   grow.update({f"stages.{name}.seq_len": s.seq_len + extra for name, s in c.stages.items()
-               if s.get("seq_len") is not None})
+               if s.seq_len is not None})
   return {**_svc(c, strides=strides), **grow}
 
 
@@ -87,7 +72,7 @@ def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
   }
 
 
-def _base(runlocal: bool) -> ml_collections.ConfigDict:
+def base(runlocal: bool) -> ml_collections.ConfigDict:
   return config_lib.load(str(ROOT / "experiments" / "paper.py") + (":runlocal" if runlocal else ""))
 
 
@@ -98,7 +83,7 @@ def get_config(arg=None):
   spec, _, mode = arg.partition(",")
   if mode not in ("", "runlocal"):
     raise ValueError(f"unknown mode {mode!r}; use runlocal or nothing")
-  c = _base(mode == "runlocal")
+  c = base(mode == "runlocal")
   table, _, variant = spec.partition("/")
   table_variants = variants(c).get(table)
   if table_variants is None or variant not in table_variants:
@@ -106,162 +91,6 @@ def get_config(arg=None):
                      + ", ".join(f"{t}/{v}" for t, vs in variants(c).items() for v in vs))
   changes, sampler = table_variants[variant]
   for key, value in changes.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+    config_lib.assign(c, key, value, what=f"variant {spec}")
   c.data.sampler = sampler
   return c
-
-
-# -- driver -------------------------------------------------------------------------------------
-
-
-def _datasets(out: pathlib.Path, c, args) -> dict[str, pathlib.Path]:
-  from longvid_jax.data import longvideo  # pylint: disable=g-import-not-at-top
-  data = out / "data"
-  synth = data / "synthetic_test.jsonl"
-  if not synth.exists():
-    longvideo.export_synthetic(c.data, "test", data, limit=args.synthetic_videos)
-  bench = data / "long" / "test.jsonl"
-  if not bench.exists():
-    longvideo.make_benchmark(data / "long", num_videos=args.long_videos, seconds=60,
-                             max_seconds=120, fps=4, size=int(c.data.image_size), seed=0)
-  return {"synthetic (held-out)": synth, "long-video test": bench}
-
-
-def _finished_twin(out: pathlib.Path, c) -> pathlib.Path | None:
-  """A finished run under `out` with exactly this config (table3/svc is table6/residual)."""
-  want = json.loads(c.to_json_best_effort())
-  for f in sorted(out.glob("*/*/config.json")):
-    if (f.parent / "summary.json").exists() and json.loads(f.read_text()) == want:
-      return f.parent
-  return None
-
-
-def _train(c, out: pathlib.Path, workdir: pathlib.Path, steps: int | None):
-  """(workdir, info): trains unless an identical finished run exists."""
-  from longvid_jax.train import runner  # pylint: disable=g-import-not-at-top
-  if steps:
-    config_lib.override(c, [f"stages.{s}.{k}={v}" for s in c.recipe for k, v in (
-        ("steps", steps), ("warmup_steps", min(5, steps)), ("log_every", 1),
-        ("checkpoint_every", steps))])
-  twin = _finished_twin(out, c)
-  if twin is not None and twin != workdir.absolute():
-    summary = json.loads((twin / "summary.json").read_text())
-    return twin, {"train_seconds": sum(s.get("seconds", 0) for s in summary["stages"]),
-                  "reused": str(twin),
-                  "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
-  t0 = time.time()
-  summary = runner.run(c, workdir)
-  return workdir, {"train_seconds": round(time.time() - t0, 1),
-                   "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
-
-
-def _evaluate(workdir, sampler, datasets, limit) -> dict:
-  from longvid_jax.data import records  # pylint: disable=g-import-not-at-top
-  from longvid_jax.evaluate import benchmark  # pylint: disable=g-import-not-at-top
-  from longvid_jax.evaluate.predictor import Predictor  # pylint: disable=g-import-not-at-top
-  pred = Predictor(workdir, sampler=sampler)
-  out = {}
-  for name, path in datasets.items():
-    recs = [r for _, r in records.read_manifest(path)]
-    t0 = time.time()
-    res = benchmark.evaluate(recs, benchmark.ModelAnswerer(pred, "loglik"), limit)
-    out[name] = {**res["summary"], "eval_seconds": round(time.time() - t0, 1)}
-    # the best any model could do with the frames this sampler chose (same shot scores)
-    oracle = benchmark.evaluate(recs, benchmark.OracleAnswerer(
-        sampler, pred.k, score_fn=pred.shot_scores), limit) if "timeline" in recs[0].meta else None
-    if oracle:
-      out[name]["oracle_accuracy"] = oracle["summary"]["accuracy"]
-  return out
-
-
-def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
-  names = list(results)
-  datasets = list(next(iter(results.values()))["eval"])
-  lines = [f"### {table}", "",
-           "| variant | visual tokens | " + " | ".join(datasets) +
-           " | long-video needle | oracle, same frames | train s | eval s/q |",
-           "|---|---:|" + "---:|" * len(datasets) + "---:|---:|---:|---:|"]
-  for v in names:
-    r = results[v]
-    ev = r["eval"]
-    accs = " | ".join(f"{ev[d]['accuracy']:.3f} (chance {ev[d]['chance']:.2f})" for d in datasets)
-    long = ev.get("long-video test", {})
-    needle = long.get("tasks", {}).get("needle", {}).get("accuracy")
-    tokens = ev[datasets[0]]["visual_tokens_per_sample"]
-    spq = sum(ev[d]["seconds_per_sample"] for d in datasets) / len(datasets)
-    oracle = long.get("oracle_accuracy")
-    train = f"reused {pathlib.Path(r['reused']).parent.name}/{pathlib.Path(r['reused']).name}" \
-        if r.get("reused") else f"{r.get('train_seconds', 0):.0f}"
-    lines.append(f"| {v} | {tokens:.0f} | {accs} | "
-                 f"{'-' if needle is None else f'{needle:.3f}'} | "
-                 f"{'-' if oracle is None else f'{oracle:.3f}'} | {train} | {spq:.2f} |")
-  lines += ["", f"steps per stage: {args.steps or 'recipe'}; command: "
-            f"`python experiments/ablations/tables.py {args.command}`"]
-  text = "\n".join(lines)
-  (out / "table.md").write_text(text + "\n")
-  (out / "results.json").write_text(json.dumps(results, indent=2))
-  print(text)
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
-  width = 0.8 / len(datasets)
-  for j, d in enumerate(datasets):
-    ys = [results[v]["eval"][d]["accuracy"] for v in names]
-    ax.bar([i + j * width for i in range(len(names))], ys, width, label=d)
-    ax.axhline(results[names[0]]["eval"][d]["chance"], color=f"C{j}", ls=":", lw=1)
-  ax.set_xticks([i + width * (len(datasets) - 1) / 2 for i in range(len(names))], names)
-  ax.set_ylabel("accuracy (dotted: chance)")
-  ax.set_ylim(0, 1)
-  ax.set_title(table)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out / "plot.png", dpi=100)
-  plt.close(fig)
-
-
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("table", choices=["table2", "table3", "table4", "table5", "table6"])
-  ap.add_argument("--out", default="workdir/ablations")
-  ap.add_argument("--steps", type=int, help="steps per stage (default: the recipe's)")
-  ap.add_argument("--full", action="store_true", help="the full-size recipe, not runlocal")
-  ap.add_argument("--only", nargs="+", help="run only these variants")
-  ap.add_argument("--limit", type=int, help="questions per dataset")
-  ap.add_argument("--synthetic-videos", type=int, default=12)
-  ap.add_argument("--long-videos", type=int, default=20)
-  ap.add_argument("--trained", help="table2: evaluate this finished run instead of training")
-  args = ap.parse_args(argv)
-  args.command = " ".join(sys.argv[1:] if argv is None else argv)
-  mode = "" if args.full else ",runlocal"
-  out = pathlib.Path(args.out)
-  names = list(variants(_base(not args.full))[args.table])
-  results = {}
-  previous = out / args.table / "results.json"
-  if args.only and previous.exists():  # keep the variants an earlier invocation measured
-    results = {k: v for k, v in json.loads(previous.read_text()).items() if k in names}
-  for v in names:
-    if args.only and v not in args.only:
-      continue
-    c = get_config(f"{args.table}/{v}{mode}")
-    datasets = _datasets(out, c, args)
-    # table2's variants differ only at inference: they share one trained model
-    workdir = out / args.table / ("model" if args.table == "table2" else v)
-    if args.table == "table2" and args.trained:
-      workdir, info = pathlib.Path(args.trained), {"train_seconds": 0.0}
-    else:
-      workdir, info = _train(c, out, workdir, args.steps)
-    info["eval"] = _evaluate(workdir, c.data.sampler, datasets, args.limit)
-    results[v] = info
-    results = {k: results[k] for k in names if k in results}  # table order
-    (out / args.table).mkdir(parents=True, exist_ok=True)
-    _write(args.table, out / args.table, results, args)  # after each variant: partial tables
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

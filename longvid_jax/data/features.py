@@ -28,7 +28,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from longvid_jax.data import clips
 from longvid_jax.data import records as records_lib
+from longvid_jax.data import video
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +41,11 @@ ARRAYS = ("features", "indices", "timestamps", "duration", "scores")
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def _digest(obj: Any) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def video_identity(path: str | os.PathLike, content_hash: bool = False) -> dict[str, Any]:
-  """What identifies a video's contents. `content_hash` reads the bytes (survives moves and
-  copies); otherwise size and mtime stand in for them (cheap, changes on any rewrite)."""
-  p = pathlib.Path(path).absolute()
-  if p.is_dir():
-    entries = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir())
-    if content_hash:
-      return {"folder_sha256": _digest([(n, _file_sha256(p / n)) for n, _, _ in entries])}
-    return {"path": str(p), "listing": _digest(entries)}
-  st = p.stat()
-  if content_hash:
-    return {"sha256": _file_sha256(p), "size": st.st_size}
-  return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _file_sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def encoder_fingerprint(name: str, preset: str | None = None, args: dict | None = None,
                         params: Any = None) -> str:
   """Hash of the encoder's definition and weights: retraining or swapping it changes the key."""
-  h = hashlib.sha256(_digest({"name": name, "preset": preset, "args": dict(args or {})}).encode())
+  spec = {"name": name, "preset": preset, "args": dict(args or {})}
+  h = hashlib.sha256(video.digest(spec).encode())
   if params is not None:
     import jax  # params are a pytree of arrays
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -81,9 +57,8 @@ def encoder_fingerprint(name: str, preset: str | None = None, args: dict | None 
 
 def sampling_spec(cfg) -> dict[str, Any]:
   """The data settings that decide which frames are encoded and how."""
-  return {"sampler": cfg.get("sampler", "uniform"),
-          "sampler_args": dict(cfg.get("sampler_args", None) or {}),
-          "k": int(cfg.num_frames), "fps": cfg.get("fps", None),
+  return {"sampler": cfg.sampler, "sampler_args": dict(cfg.sampler_args or {}),
+          "k": int(cfg.num_frames), "fps": cfg.fps,
           "image_size": int(cfg.image_size)}
 
 
@@ -95,14 +70,14 @@ class Key:
 
   @property
   def digest(self) -> str:
-    return _digest(self.parts)[:40]
+    return video.digest(self.parts)[:40]
 
 
 def entry_key(record: records_lib.Record, cfg, encoder: str,
               content_hash: bool | None = None) -> Key:
   if content_hash is None:
-    content_hash = bool(cfg.get("features_content_hash", False))
-  parts = {"video": video_identity(record.video, content_hash),
+    content_hash = bool(cfg.features_content_hash)
+  parts = {"video": video.video_identity(record.video, content_hash),
            "clip": [record.start, record.end], "sampling": sampling_spec(cfg), "encoder": encoder}
   return Key(str(pathlib.Path(record.video).absolute()), parts)
 
@@ -207,7 +182,6 @@ def precompute(recs: Iterable[records_lib.Record], cfg, encode: Callable[[np.nda
   `model.apply(..., method="features")` on one video. Sampling is the pipeline's, so the cached
   frames are exactly the ones training would read.
   """
-  from longvid_jax.data import pipeline, video  # pipeline imports this module
   stats: dict[str, Any] = {"written": 0, "cached": 0, "skipped": {}}
   with FeatureCache(root, shard_bytes) as cache:
     for rec in recs:
@@ -216,7 +190,7 @@ def precompute(recs: Iterable[records_lib.Record], cfg, encode: Callable[[np.nda
         if key in cache:
           stats["cached"] += 1
           continue
-        clip = pipeline.load_clip(rec, cfg)
+        clip = clips.load_clip(rec, cfg)
       except Exception as e:  # noqa: BLE001 - one bad video must not stop a long precompute
         if strict:
           raise

@@ -32,16 +32,17 @@ import numpy as np
 
 from longvid_jax.data import records, synthetic
 
-TASKS = ("needle", "counting", "ordering", "grounding", "attribute")
-SPLITS = ("train", "val", "test")
+# the question kinds of the benchmark (a record's `task`), not training tasks (data/tasks.py)
+QUESTION_KINDS = ("needle", "counting", "ordering", "grounding", "attribute")
 FOOTAGE = "live-action footage"
 CLIP_ASSETS = ("cuts_video",)
 CUT_THRESHOLD = 25.0  # mean |Δ| of consecutive 32×32 frames (0-255) that marks a cut in a clip
 
 
 @dataclasses.dataclass(frozen=True)
-class Shot:
-  """One shot of `frames` output frames: coloured shapes, or a stretch of a real clip."""
+class Segment:
+  """One segment of the timeline (a shot of `frames` output frames): coloured shapes, or a
+  stretch of a real clip. (`synthetic.Shot` is one moving shape inside a demo video.)"""
   frames: int
   kind: str  # "shapes" | "clip"
   role: str = "haystack"  # or "needle"
@@ -63,7 +64,7 @@ class Shot:
 @dataclasses.dataclass(frozen=True)
 class LongVideo:
   seed: int
-  shots: tuple[Shot, ...]
+  shots: tuple[Segment, ...]
   fps: float
   size: int
 
@@ -130,7 +131,7 @@ def clip_scenes(name: str) -> np.ndarray:
   return scenes[scenes[:, 1] - scenes[:, 0] >= max(8, round(fps))]
 
 
-def _clip_indices(shot: Shot, src_fps: float, fps: float) -> np.ndarray:
+def _clip_indices(shot: Segment, src_fps: float, fps: float) -> np.ndarray:
   """Source frames for each output frame: real speed when the scene is long enough, else
   slowed down to fill the shot (never a cut inside a shot)."""
   span = shot.src_end - shot.src_start
@@ -141,7 +142,7 @@ def _clip_indices(shot: Shot, src_fps: float, fps: float) -> np.ndarray:
 # -- procedural shapes --------------------------------------------------------------------------
 
 
-def _centres(shot: Shot, t: np.ndarray) -> np.ndarray:
+def _centres(shot: Segment, t: np.ndarray) -> np.ndarray:
   """[len(t), count, 2] centres: one object per quadrant-like cell, each wobbling in place."""
   cells = {1: [(0.5, 0.5)], 2: [(0.5, 0.28), (0.5, 0.72)],
            3: [(0.28, 0.28), (0.28, 0.72), (0.72, 0.5)],
@@ -159,7 +160,7 @@ def _radius(count: int) -> float:
   return 0.22 if count == 1 else 0.13
 
 
-def render_shot(shot: Shot, size: int, fps: float, local: np.ndarray) -> np.ndarray:
+def render_shot(shot: Segment, size: int, fps: float, local: np.ndarray) -> np.ndarray:
   """frames[len(local),size,size,3] uint8 at the shot's own frame indices `local`."""
   local = np.asarray(local, np.int64)
   if shot.kind == "clip":
@@ -238,7 +239,7 @@ def make_video(seed: int, seconds: float = 60.0, fps: float = 4.0, size: int = 6
   for i, (kind, length) in enumerate(zip(kinds, lengths)):
     if kind == "clip":
       a, b = scenes[scene_order[i % len(scenes)]]
-      shots.append(Shot(int(length), "clip", source=CLIP_ASSETS[0], src_start=int(a),
+      shots.append(Segment(int(length), "clip", source=CLIP_ASSETS[0], src_start=int(a),
                         src_end=int(b)))
       continue
     shots.append(_shape_shot(rng, int(length), shapes.pop(0), prev_bg))
@@ -251,11 +252,11 @@ def make_video(seed: int, seconds: float = 60.0, fps: float = 4.0, size: int = 6
 
 
 def _shape_shot(rng, frames: int, shape: str, avoid, role: str = "haystack",
-                count: int | None = None) -> Shot:
+                count: int | None = None) -> Segment:
   """A shape shot whose background is none of `avoid` (a name, a set of names or None)."""
   avoid = {avoid} if isinstance(avoid, str) else set(avoid or ())
   bgs = [b for b in synthetic.BACKGROUNDS if b not in avoid]
-  return Shot(frames, "shapes", role=role, shape=str(shape),
+  return Segment(frames, "shapes", role=role, shape=str(shape),
               color=str(rng.choice(list(synthetic.COLORS))), background=str(rng.choice(bgs)),
               count=int(count or rng.integers(1, 5)), phase=float(rng.uniform(0, 2 * math.pi)))
 
@@ -386,7 +387,7 @@ def split_sizes(n: int, heldout: float = 0.2) -> dict[str, int]:
 
 def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: float = 60.0,
                    max_seconds: float | None = None, fps: float = 4.0, size: int = 64,
-                   seed: int = 0, heldout: float = 0.2, splits=SPLITS,
+                   seed: int = 0, heldout: float = 0.2, splits=records.SPLITS,
                    log=print) -> dict[str, pathlib.Path]:
   """Videos under out_dir/videos and one manifest per split; returns the manifests' paths.
 
@@ -399,7 +400,7 @@ def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: fl
   sizes = split_sizes(num_videos, heldout)
   max_seconds = max(seconds, max_seconds or seconds)
   manifests, first = {}, 0
-  for split in SPLITS:
+  for split in records.SPLITS:
     ids = range(first, first + sizes[split])
     first += sizes[split]
     if split not in splits:
@@ -420,7 +421,7 @@ def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: fl
     records.write_manifest(manifests[split], recs)
     log(f"{split}: {sizes[split]} videos, {len(recs)} questions → {manifests[split]}")
   info = dict(num_videos=num_videos, seconds=seconds, max_seconds=max_seconds, fps=fps,
-              size=size, seed=seed, heldout=heldout, tasks=list(TASKS))
+              size=size, seed=seed, heldout=heldout, tasks=list(QUESTION_KINDS))
   (out / "benchmark.json").write_text(json.dumps(info, indent=2))
   return manifests
 

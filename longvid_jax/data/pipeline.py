@@ -23,7 +23,6 @@ concatenating the processes' batches in process order gives the single-process b
 from __future__ import annotations
 
 import collections
-import dataclasses
 import glob
 import logging
 import threading
@@ -32,15 +31,13 @@ from typing import Any
 import grain
 import numpy as np
 
+from longvid_jax.data import clips, prompts, records, synthetic, tasks, video
 from longvid_jax.data import features as features_lib
-from longvid_jax.data import prompts, records, synthetic, video
+from longvid_jax.data.records import SPLITS, RecordError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("reconstruction", "caption", "qa", "mix")
-SPLITS = ("train", "val", "test")
 SOURCES = ("synthetic", "manifest")
-DETECTOR_HW = (27, 48)  # TransNetV2 input (height, width)
 
 
 # -- synthetic source -----------------------------------------------------------------------------
@@ -74,123 +71,26 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   spec = video_spec(cfg, video_id)
   frames = synthetic.render(spec, cfg.image_size, frame_indices(spec.num_frames, cfg.num_frames))
   out = {"frames": frames.astype(np.float32) / 255.0}
-  if task == "reconstruction":
+  make = tasks.TASKS.get(task).turns
+  if make is None:
     return out
-  if task == "mix":
-    task = "caption" if rng.random() < 0.5 else "qa"
-  if task == "caption":
-    prompt = synthetic.CAPTION_PROMPTS[rng.integers(len(synthetic.CAPTION_PROMPTS))]
-    turns = [(prompt, synthetic.caption(spec))]
-  else:
-    qa = synthetic.questions(spec)
-    turns = [qa[i] for i in rng.permutation(len(qa))[:qa_turns(cfg)]]
-  out.update(prompts.encode_conversation(tok, turns, num_visual, cfg.seq_len,
-                                         system=cfg.get("system_prompt")))
+  caption = synthetic.caption(spec)
+  material = tasks.Material(synthetic.questions(spec),
+                            [(p, caption) for p in synthetic.CAPTION_PROMPTS], ordered=False)
+  out.update(prompts.encode_conversation(tok, make(material, rng, int(cfg.qa_turns)),
+                                         num_visual, cfg.seq_len, system=cfg.system_prompt))
   return out
-
-
-def qa_turns(cfg) -> int:
-  """Question/answer turns per qa example (`data.qa_turns`, default 1): several turns share one
-  video prefix, so each training token teaches more answers."""
-  return int(cfg.get("qa_turns", 1))
 
 
 # -- manifest source: one record → one example ----------------------------------------------------
 
 
-class RecordError(ValueError):
-  """A record that cannot become an example; `reason` is its skip-statistics key."""
-
-  def __init__(self, message: str, reason: str):
-    super().__init__(message)
-    self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class Clip:
-  """The sampled frames of one record: frames[T,S,S,3] uint8 with their frame indices, seconds
-  from the clip start and which slots are real (False: padding of a video shorter than T)."""
-  frames: np.ndarray
-  indices: np.ndarray
-  timestamps: np.ndarray
-  valid: np.ndarray
-  duration: float
-  scores: np.ndarray | None = None  # the whole video's boundary probabilities, when computed
-
-
-_DETECTORS: dict[Any, Any] = {}
-_DETECTOR_LOCK = threading.Lock()
-
-
-def shot_detector(cfg):
-  """One TransNetV2 detector per process and setting, built when a sampler first needs scores."""
-  key = (cfg.get("detector_weights", None), cfg.get("detector_mode", "exact"))
-  with _DETECTOR_LOCK:
-    if key not in _DETECTORS:
-      from longvid_jax.sampling.transnetv2 import ShotDetector
-      _DETECTORS[key] = ShotDetector(weights=key[0], mode=key[1])
-    return _DETECTORS[key]
-
-
-def _boundary(reader, rec: records.Record, cfg, num_frames: int, needs: tuple[str, ...]):
-  """(single[N] boundary probabilities, embeddings[N,D] or None) for the whole video."""
-  single = None
-  if rec.scores and "features" not in needs:
-    single = np.asarray(np.load(rec.scores), np.float32).reshape(-1)
-    if len(single) != num_frames:
-      raise RecordError(f"{rec.scores} holds {len(single)} scores but {rec.video} has "
-                        f"{num_frames} frames", "bad_scores")
-    return single, None
-  size = (DETECTOR_HW[1], DETECTOR_HW[0])
-  pred = shot_detector(cfg).predict_chunks(c.frames for c in reader.iter_chunks(500, size=size))
-  return pred.single, pred.embeddings
-
-
-def _span_max(x: np.ndarray, cand: np.ndarray) -> np.ndarray:
-  """x's maximum over (previous candidate, candidate], so a cut between kept frames counts."""
-  starts = np.concatenate([cand[:1], cand[:-1] + 1])
-  return np.maximum.reduceat(x[:cand[-1] + 1], starts)
-
-
-def load_clip(rec: records.Record, cfg) -> Clip:
-  """Decode and sample one record's video as configured (shared with the feature precompute)."""
-  from longvid_jax.sampling import samplers
-  name = cfg.get("sampler", "uniform")
-  options = dict(cfg.get("sampler_args", None) or {})
-  needs = samplers.SAMPLERS.get(name).needs
-  size = int(cfg.image_size)
-  with video.open_video(rec.video, timeout=cfg.get("decode_timeout", 120.0),
-                        folder_fps=float(rec.meta.get("fps", cfg.get("folder_fps", 1.0)))) as r:
-    ts = r.timestamps()
-    duration = max(float(r.info.duration), float(ts[-1]) if len(ts) else 0.0)
-    start = float(rec.start or 0.0)
-    end = float(rec.end) if rec.end is not None else max(duration, float(ts[-1]) + 1e-6)
-    cand = np.nonzero((ts >= start) & (ts < end))[0]
-    cand = cand[video.resample_indices(ts[cand], cfg.get("fps", None))]
-    if not len(cand):
-      raise RecordError(f"{rec.video}: no frames in [{start}, {end}) s", "empty_clip")
-    scores = feats = single = None
-    if needs:
-      single, emb = _boundary(r, rec, cfg, len(ts), needs)
-      from longvid_jax.sampling.samplers import shot_start_scores
-      scores = _span_max(shot_start_scores(single), cand)
-      feats = None if emb is None else emb[cand]
-    sel = samplers.sample(name, int(cfg.num_frames), num_frames=len(cand), scores=scores,
-                          features=feats, **options)
-    idx = cand[sel.indices]
-    got = r.read(idx, size=(size, size))
-  return Clip(got.frames, idx, got.timestamps - start, sel.valid, min(end, duration) - start,
-              single)
-
-
 def _turns(rec: records.Record, task: str, cfg,
            rng: np.random.Generator) -> list[tuple[str, str]]:
-  """mix: one turn at random; otherwise the conversation's first `data.qa_turns` turns."""
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
-  if task == "mix":
-    return [rec.text(int(rng.integers(len(rec.turns))))]
-  return [rec.text(i) for i in range(min(len(rec.turns), qa_turns(cfg)))]
+  material = tasks.Material([rec.text(i) for i in range(len(rec.turns))])
+  return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
 class Skips:
@@ -231,8 +131,8 @@ class ManifestSource:
   def __init__(self, cfg, split: str, task: str, tok, num_visual: int,
                encoder_fingerprint: str | None = None):
     self.cfg, self.task, self.tok, self.num_visual = cfg, task, tok, num_visual
-    self.strict = bool(cfg.get("strict", False))
-    self.skips = Skips(cfg.get("skip_log_every", 100))
+    self.strict = bool(cfg.strict)
+    self.skips = Skips(cfg.skip_log_every)
     self.records: list[records.Record] = []
     for path in manifest_paths(cfg, split):
       for lineno, rec in records.read_manifest(path):
@@ -245,8 +145,8 @@ class ManifestSource:
     if not self.records:
       raise ValueError(f"the {split} manifest has no usable records ({self.skips.summary()})")
     self.cache = None
-    if cfg.get("features", None):
-      self.encoder = encoder_fingerprint or cfg.get("encoder_fingerprint", None)
+    if cfg.features:
+      self.encoder = encoder_fingerprint or cfg.encoder_fingerprint
       if not self.encoder:
         raise ValueError("data.features reads a feature cache, which needs the encoder's "
                          "fingerprint (features.encoder_fingerprint) to reject stale entries: "
@@ -266,18 +166,18 @@ class ManifestSource:
       out = {"features": got["features"].astype(np.float32)}
       ts, duration = got["timestamps"], float(got["duration"][0])
     else:
-      clip = load_clip(rec, self.cfg)
+      clip = clips.load_clip(rec, self.cfg)
       out = {"frames": clip.frames.astype(np.float32) / 255.0}
       ts, duration = clip.timestamps, clip.duration
-    if self.task == "reconstruction":
+    if tasks.TASKS.get(self.task).turns is None:
       return out
     turns = _turns(rec, self.task, self.cfg, rng)
     preamble = (prompts.timestamp_sentence([float(t) for t in ts], duration)
-                if self.cfg.get("timestamps", False) else None)
+                if self.cfg.timestamps else None)
     try:
       out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,
                                              int(self.cfg.seq_len), preamble,
-                                             self.cfg.get("system_prompt")))
+                                             self.cfg.system_prompt))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out
@@ -285,7 +185,7 @@ class ManifestSource:
 
 def manifest_paths(cfg, split: str) -> list[str]:
   """`data.manifest`: {split: path}, a path with `{split}`, a glob, or one path for all splits."""
-  spec = cfg.get("manifest", None)
+  spec = cfg.manifest
   if not spec:
     raise ValueError("data.source='manifest' needs data.manifest (a JSONL path, a pattern with "
                      "{split}, or a mapping split → path)")
@@ -396,13 +296,12 @@ def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
             split: str = "train", process_index: int = 0, process_count: int = 1,
             encoder_fingerprint: str | None = None) -> Batches:
   """Infinite, batched MapDataset; index i is this process's part of global batch i."""
-  if task not in TASKS:
-    raise ValueError(f"data task {task!r}: choose one of {TASKS}")
+  tasks.TASKS.get(task)  # an unknown name lists the known ones
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} must lie in [0, {process_count})")
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} must divide evenly over {process_count} processes")
-  source = cfg.get("source", "synthetic")
+  source = cfg.source
   skips = None
   if source == "synthetic":
     ids = split_ids(cfg, split)
@@ -418,8 +317,8 @@ def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
   if process_count > 1:
     ds = _Rows(ds, batch_size, process_index, process_count)
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
-  options = {"threads": int(cfg.get("read_threads", 2)), "prefetch": int(cfg.get("prefetch", 4)),
-             "workers": int(cfg.get("workers", 0))}
+  options = {"threads": int(cfg.read_threads), "prefetch": int(cfg.prefetch),
+             "workers": int(cfg.workers)}
   return Batches(ds, skips, options)
 
 

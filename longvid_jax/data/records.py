@@ -12,8 +12,17 @@ import os
 import pathlib
 from typing import Any, Iterable, Iterator
 
+SPLITS = ("train", "val", "test")
 LETTERS = "ABCDEFGHIJ"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+class RecordError(ValueError):
+  """A record that cannot become an example; `reason` is its skip-statistics key."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +42,6 @@ class Record:
   task: str = ""  # e.g. "needle", "counting", "mvbench/action_sequence"
   start: float | None = None  # use only [start, end) seconds of the video
   end: float | None = None
-  features: str | None = None  # precomputed encoder features (a feature-cache entry)
   scores: str | None = None  # precomputed per-frame shot-boundary scores (.npy)
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -64,6 +72,8 @@ class Record:
     if not isinstance(d, dict):
       raise ValueError(f"expected a JSON object, got {type(d).__name__}")
     fields = {f.name for f in dataclasses.fields(cls)}
+    if d.get("features", 0) is None:  # manifests written before the field was dropped
+      d = {k: v for k, v in d.items() if k != "features"}
     unknown = set(d) - fields
     if unknown:
       raise ValueError(f"unknown field(s) {sorted(unknown)}; a record has {sorted(fields)}")

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import hashlib
+import json
 import math
 import os
+import pathlib
 import re
 import stat
 import time
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import av
 import numpy as np
@@ -461,6 +464,33 @@ class FrameFolder:
     keep = resample_indices(self.timestamps(), fps)
     for a in range(0, len(keep), chunk_size):
       yield self.read(keep[a:a + chunk_size], size)
+
+
+def digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def video_identity(path: str | os.PathLike, content_hash: bool = False) -> dict[str, Any]:
+  """What identifies a video's contents. `content_hash` reads the bytes (survives moves and
+  copies); otherwise size and mtime stand in for them (cheap, changes on any rewrite)."""
+  p = pathlib.Path(path).absolute()
+  if p.is_dir():
+    entries = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir())
+    if content_hash:
+      return {"folder_sha256": digest([(n, _file_sha256(p / n)) for n, _, _ in entries])}
+    return {"path": str(p), "listing": digest(entries)}
+  st = p.stat()
+  if content_hash:
+    return {"sha256": _file_sha256(p), "size": st.st_size}
+  return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 def open_video(path: str | os.PathLike, timeout: float | None = None,

@@ -16,8 +16,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from longvid_jax.data import records, shots
 from longvid_jax.data.records import LETTERS, Record
 from longvid_jax.evaluate import oracle
+from longvid_jax.sampling import samplers
 
 Answerer = Callable[[Record], dict]
 
@@ -51,15 +53,10 @@ def truth_scores(record: Record) -> np.ndarray:
 
 class OracleAnswerer:
   """The frame oracle behind a sampler; shot scores from the timeline ("truth") or from
-  TransNetV2 on the file ("transnetv2")."""
+  TransNetV2 on the file ("transnetv2", through the shot cache)."""
 
-  def __init__(self, sampler: str = "uniform", k: int = 8, scores: str = "truth",
-               score_fn: Callable[[str], np.ndarray] | None = None):
-    from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
-    self.sampler, self.k, self.scores = SAMPLERS.get(sampler)(), k, scores
-    self._cache: dict[str, np.ndarray] = {}
-    if score_fn is not None:  # e.g. a Predictor's memoised detector, so videos are scored once
-      self.scores, self._score_fn = "given", score_fn
+  def __init__(self, sampler: str = "uniform", k: int = 8, scores: str = "truth"):
+    self.sampler, self.k, self.scores = samplers.SAMPLERS.get(sampler)(), k, scores
 
   def indices(self, record: Record) -> np.ndarray:
     n = int(record.meta["num_frames"])
@@ -67,17 +64,8 @@ class OracleAnswerer:
     if "scores" in self.sampler.needs:
       if self.scores == "truth":
         s = truth_scores(record)
-      elif self.scores == "given":
-        s = self._score_fn(record.video)
       else:
-        if record.video not in self._cache:
-          from longvid_jax.sampling.samplers import shot_start_scores  # pylint: disable=g-import-not-at-top
-          from longvid_jax.sampling.transnetv2 import ShotDetector  # pylint: disable=g-import-not-at-top
-          if not hasattr(self, "_det"):
-            self._det = ShotDetector()
-          self._cache[record.video] = shot_start_scores(
-              self._det.predict_video(record.video).single)
-        s = self._cache[record.video]
+        s = samplers.shot_start_scores(shots.predict(record.video).single)
     sel = self.sampler(self.k, num_frames=n, scores=s)
     return sel.indices[sel.valid]
 
@@ -142,9 +130,9 @@ class ModelAnswerer:
     frames = self._clip.indices[self._clip.valid].tolist()
     questions = [(r.question, r.options) for r in recs]
     if self.mode == "generate":
-      from longvid_jax.evaluate.predictor import mc_question  # pylint: disable=g-import-not-at-top
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      texts = [self.p.generate(feats, mc_question(q, o), pre, self.max_new_tokens).text
+      texts = [self.p.generate(feats, records.multiple_choice_question(q, o), pre,
+                               self.max_new_tokens).text
                for q, o in questions]
       answers = [{"choice": parse_choice(t, r.options), "reply": t} for t, r in zip(texts, recs)]
     else:

@@ -59,8 +59,8 @@ def make_benchmark_command(args) -> int:
   from longvid_jax.data import longvideo
   if args.from_config:
     if pathlib.Path(args.from_config).is_dir():  # a run's workdir: the config it trained with
-      from longvid_jax.evaluate import predictor
-      cfg = predictor.load_config(pathlib.Path(args.from_config))
+      from longvid_jax import runs
+      cfg = runs.open_run(args.from_config).config
     else:
       from longvid_jax import config as config_lib
       cfg = config_lib.load(args.from_config)

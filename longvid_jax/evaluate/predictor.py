@@ -1,17 +1,16 @@
 """A trained run as a question answerer: video file → sampled frames → answer.
 
-The checkpoint is a run's workdir (config.json + summary.json, whose `final_params` it loads) or a
-params folder inside one. Frames are chosen by the config's sampler (`data.sampler`, default
-uniform) with budget `data.num_frames`, so the model sees videos the way it was trained; AVS reads
-TransNetV2 shot scores, computed once per video and kept in memory (or read from a record's
-`scores` .npy). Answers come two ways: greedy generation through the KV cache, or ranking
-multiple-choice options by the log-likelihood of each option as the answer.
+The checkpoint is anything `runs.open_run` reads (a run's workdir, moved or not, or a params
+folder inside one). Frames come from the training clip loader (`data/clips.py`) with the run's
+data settings (sampler and its args, fps, frame budget), so the model sees videos the way it was
+trained; shot scores for AVS come from the shot cache (`data/shots.py`). Answers come two ways:
+greedy generation through the KV cache, or ranking multiple-choice options by the log-likelihood
+of each option as the answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import time
@@ -20,53 +19,20 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from longvid_jax.data import prompts
-from longvid_jax.models import build
+from longvid_jax import runs
+from longvid_jax.data import clips, prompts, records
+from longvid_jax.data.clips import Clip
 from longvid_jax.models import generate as gen
 from longvid_jax.models.llm import DecoderLM, KVCache
 from longvid_jax.models.mllm import VideoLLM
-from longvid_jax.parallel import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 16  # prompt lengths are rounded up to this, so few programs get compiled
 TARGET_MULTIPLE = 4  # answer lengths likewise
 OPTION_MULTIPLE = 4  # and option rows per batch
-
-
-def _tuples(x):
-  """JSON lists back to the tuples configs hold (module fields must be hashable)."""
-  if isinstance(x, dict):
-    return {k: _tuples(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_tuples(v) for v in x)
-  return x
-
-
-def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """(workdir, params dir) from a workdir or from a params folder inside one."""
-  p = pathlib.Path(path).absolute()
-  if not p.exists():
-    raise FileNotFoundError(f"checkpoint {p} does not exist")
-  if (p / "config.json").exists():
-    summary = p / "summary.json"
-    if not summary.exists():
-      raise FileNotFoundError(f"{p} has no summary.json; the run has not finished a stage list")
-    params = pathlib.Path(json.loads(summary.read_text())["final_params"])
-    if not params.is_absolute():
-      params = p / params
-    return p, params
-  for parent in p.parents:
-    if (parent / "config.json").exists():
-      return parent, p
-  raise FileNotFoundError(f"{p}: no config.json in it or above it; pass a run's workdir")
-
-
-def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(_tuples(json.loads((workdir / "config.json").read_text())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,97 +42,45 @@ class Reply:
   tokens: int  # generated, the stop token included
 
 
-@dataclasses.dataclass
-class Clip:
-  """The frames a model sees of one video (or one [start, end) window of it)."""
-  frames: np.ndarray  # [k,S,S,3] uint8
-  indices: np.ndarray  # [k] frame indices in the file
-  valid: np.ndarray  # [k] bool
-  timestamps: np.ndarray  # [k] seconds
-  num_frames: int  # frames in the window
-  duration: float  # seconds
-
-
 class Predictor:
   """Loads a run once; `ask`, `loglik` and `generate` answer questions about videos."""
 
   def __init__(self, checkpoint: str | pathlib.Path, sampler: str | None = None,
                num_frames: int | None = None, blind: bool = False, timestamps: bool | None = None):
-    self.workdir, params_dir = resolve_checkpoint(checkpoint)
-    self.config = config = load_config(self.workdir)
+    run = runs.open_run(checkpoint)
+    self.workdir, self.config = run.root, run.config
+    config, d = self.config, self.config.data
     if num_frames:
-      config.data.num_frames = int(num_frames)
-    self.sampler_name = sampler or config.data.get("sampler", "uniform")
-    self.k = int(config.data.num_frames)
-    self.size = int(config.data.image_size)
+      d.num_frames = int(num_frames)
+    if sampler and sampler != d.sampler:
+      d.sampler, d.sampler_args = sampler, {}  # the run's options belong to its own sampler
+    if timestamps is not None:
+      d.timestamps = bool(timestamps)
+    self.sampler_name, self.k = d.sampler, int(d.num_frames)
     self.blind = blind  # black frames: what the LLM answers from the question alone
-    self.timestamps = bool(config.data.get("timestamps", False) if timestamps is None
-                           else timestamps)
-    self.system = config.data.get("system_prompt")  # the system turn it was trained with
-    self.tok = build.tokenizer(config.model)
-    self.model: VideoLLM = build.model(config.model, self.tok)
-    self.num_visual = build.num_visual_tokens(self.model, config)
+    self.timestamps = bool(d.timestamps)
+    self.system = d.system_prompt  # the system turn it was trained with
     sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
-    sizes = {k: (1 if v == -1 else v) for k, v in sizes.items()}
-    self.mesh = mesh_lib.make_mesh(sizes)
-    self.rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
-    from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
-    from longvid_jax.train import stage  # pylint: disable=g-import-not-at-top
-    self.sampler = SAMPLERS.get(self.sampler_name)()
-    with self._ctx():
-      abstract, _ = build.abstract_params(self.model, config, self.num_visual, self.mesh,
-                                          self.rules)
-      self.params = stage.load_params(params_dir, abstract)
-    self._scores: dict[str, np.ndarray] = {}
-    self._detector = None
+    self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
+    self.tok, self.model, self.num_visual = s.tokenizer, s.model, s.num_visual
+    self.params = s.load_params(run.params_dir)
     self._features = jax.jit(lambda p, f: self.model.apply({"params": p}, f,
                                                            method=VideoLLM.features))
     self._score_fn = jax.jit(self._option_logprobs)
     self._embed_fn = jax.jit(self._prompt_embeds)
-    log.info("loaded %s (%s sampler, k=%d, %d visual tokens)", params_dir, self.sampler_name,
+    log.info("loaded %s (%s sampler, k=%d, %d visual tokens)", run.params_dir, self.sampler_name,
              self.k, self.num_visual)
 
   def _ctx(self):
-    import contextlib  # pylint: disable=g-import-not-at-top
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
+    return self.setup.scope()
 
   # -- frames -----------------------------------------------------------------------------------
 
-  def shot_scores(self, path: str, scores_file: str | None = None) -> np.ndarray:
-    """Per-frame shot-start evidence for AVS (TransNetV2), memoised per video."""
-    from longvid_jax.sampling import samplers  # pylint: disable=g-import-not-at-top
-    if scores_file:
-      return np.load(scores_file)
-    if path not in self._scores:
-      if self._detector is None:
-        from longvid_jax.sampling.transnetv2 import ShotDetector  # pylint: disable=g-import-not-at-top
-        self._detector = ShotDetector()
-      single = self._detector.predict_video(path).single
-      self._scores[path] = samplers.shot_start_scores(single)
-    return self._scores[path]
-
-  def clip(self, path: str, start: float | None = None, end: float | None = None,
-           scores_file: str | None = None) -> Clip:
-    from longvid_jax.data.video import VideoReader  # pylint: disable=g-import-not-at-top
-    with VideoReader(path) as reader:
-      info = reader.info
-      lo = 0 if start is None else max(0, int(round(start * info.fps)))
-      hi = info.num_frames if end is None else min(info.num_frames, int(round(end * info.fps)))
-      if hi <= lo:
-        raise ValueError(f"{path}: the window [{start}, {end}) s holds no frames")
-      scores = None
-      if "scores" in self.sampler.needs:
-        scores = self.shot_scores(path, scores_file)[lo:hi]
-      if "features" in self.sampler.needs:
-        raise ValueError(f"sampler {self.sampler_name!r} needs per-frame features; "
-                         "use avs, uniform or multirate")
-      sel = self.sampler(self.k, num_frames=hi - lo, scores=scores)
-      got = reader.read(sel.indices + lo, size=(self.size, self.size))
-    return Clip(got.frames, got.indices, sel.valid, got.timestamps - lo / info.fps, hi - lo,
-                (hi - lo) / info.fps)
+  def clip(self, video: str, start: float | None = None, end: float | None = None,
+           scores: str | None = None) -> Clip:
+    """The frames training would take of `video` (or of its [start, end) seconds)."""
+    rec = records.Record(id=str(video), video=str(video), start=start, end=end, scores=scores)
+    return clips.load_clip(rec, self.config.data)
 
   def features(self, clip: Clip, blank: bool = False) -> jax.Array:
     frames = clip.frames.astype(np.float32)[None] / 255.0
@@ -178,7 +92,7 @@ class Predictor:
   def preamble(self, clip: Clip) -> str | None:
     if not self.timestamps:
       return None
-    return prompts.timestamp_sentence(list(clip.timestamps[clip.valid]), clip.duration)
+    return prompts.timestamp_sentence([float(x) for x in clip.timestamps], clip.duration)
 
   # -- scoring ----------------------------------------------------------------------------------
 
@@ -284,15 +198,9 @@ class Predictor:
       out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
                  scores=scores.tolist())
     else:
-      reply = self.generate(feats, mc_question(question, options) if options else question,
-                            pre, max_new_tokens)
+      prompt = records.multiple_choice_question(question, options) if options else question
+      reply = self.generate(feats, prompt, pre, max_new_tokens)
       # ended: the model closed its turn (a stop token) rather than running out of tokens
       out.update(answer=reply.text, ended=reply.ended, tokens=reply.tokens)
     out["seconds"] = time.time() - t0
     return out
-
-
-def mc_question(question: str, options: Sequence[str]) -> str:
-  from longvid_jax.data.records import LETTERS  # pylint: disable=g-import-not-at-top
-  lines = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
-  return question + "\n" + "\n".join(lines) + "\nAnswer with the option's letter."

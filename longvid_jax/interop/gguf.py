@@ -12,7 +12,6 @@ import pathlib
 
 import numpy as np
 
-from longvid_jax.interop import hf
 from longvid_jax.interop import llm_tables
 from longvid_jax.models.llm import LLMConfig
 
@@ -52,7 +51,7 @@ def read_config(reader, path: pathlib.Path, compute_dtype: str = "float32") -> L
   except (TypeError, ValueError, ZeroDivisionError, AttributeError, StopIteration) as e:
     msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e or type(e).__name__}"
     raise ValueError(msg if "GGUF" in msg else f"{msg} (malformed GGUF metadata)") from None
-  return hf.check_sizes(cfg, f"{path} (GGUF metadata)")
+  return llm_tables.check_sizes(cfg, f"{path} (GGUF metadata)")
 
 
 def _read_config(reader, path: pathlib.Path, compute_dtype: str) -> LLMConfig:
@@ -127,6 +126,6 @@ def load_gguf(file: str | os.PathLike, compute_dtype: str = "float32"):
   reader = _reader(path)
   cfg = read_config(reader, path, compute_dtype)
   tensors = read_tensors(reader, path)
-  params = hf.convert(tensors, llm_tables.GGUF_RULES, cfg, llm_tables.GGUF_IGNORE,
+  params = llm_tables.convert(tensors, llm_tables.GGUF_RULES, cfg, llm_tables.GGUF_IGNORE,
                       source=str(path))
   return params, cfg

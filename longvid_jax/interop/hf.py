@@ -9,111 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from longvid_jax.interop import files
+from longvid_jax.interop import gguf as gguf_lib
 from longvid_jax.interop import llm_tables
 from longvid_jax.interop import tables
 from longvid_jax.models import llm as llm_lib
-from longvid_jax.models.llm import DecoderLM, LLMConfig
+from longvid_jax.models.llm import LLMConfig
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_FILE = "model.safetensors"
-
-
-def expected_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
-  """Flat param path → shape the model needs, without allocating params."""
-  model = DecoderLM(dataclasses.replace(cfg, dtype="float32"))
-
-  def init(mdl, ids):
-    return mdl(mdl.embed(ids), jnp.zeros_like(ids), jnp.ones_like(ids))
-
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
-                                             method=init))
-  flat = traverse_util.flatten_dict(shapes["params"], sep="/")
-  return {k: tuple(getattr(v, "value", v).shape) for k, v in flat.items()}
-
-
-def check_params(flat: Mapping[str, Any], cfg: LLMConfig, where: Mapping[str, str] | None = None,
-                 source: str = "checkpoint") -> None:
-  """Raise one error listing every missing, extra or wrongly-shaped param, naming the file
-  (and foreign tensor name) each one came from."""
-  want = expected_shapes(cfg)
-  where = where or {}
-  problems = [f"missing {k}" for k in sorted(want.keys() - flat.keys())]
-  problems += [f"unexpected {where.get(k, k)}" for k in sorted(flat.keys() - want.keys())]
-  problems += [f"{where.get(k, k)} has shape {tuple(np.shape(flat[k]))} (as {k}) but the config "
-               f"needs {want[k]}" for k in sorted(want.keys() & flat.keys())
-               if tuple(np.shape(flat[k])) != want[k]]
-  if problems:
-    raise ValueError(f"{source} does not fit the model config: " + "; ".join(problems[:12])
-                     + (" ..." if len(problems) > 12 else ""))
-
-
-def convert(tensors: Mapping[str, np.ndarray], rules, cfg: LLMConfig, ignore=(),
-            files: Mapping[str, str] | None = None, source: str = "checkpoint") -> dict:
-  """Foreign tensors → our nested params, checked against the config's shapes."""
-  try:
-    params = tables.to_ours(tensors, rules, cfg, ignore=ignore)
-  except ValueError as e:
-    raise ValueError(f"{source}: {e}") from None
-  flat = traverse_util.flatten_dict(params, sep="/")
-  files = files or {}
-  where = {}
-  for name in tensors:
-    rule, i = tables._match(name, rules, "theirs")  # pylint: disable=protected-access
-    if rule is not None:
-      ours = rule.ours.replace("{i}", i) if i is not None else rule.ours
-      where[ours] = f"tensor {name!r} in {files.get(name, source)}"
-  check_params(flat, cfg, where, source)
-  return params
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-
-def _resolve(source: str | os.PathLike) -> pathlib.Path:
-  """A local directory as is; anything else is taken as a hub id and downloaded."""
-  path = pathlib.Path(source).expanduser()
-  if path.is_dir():
-    return path
-  if path.exists():
-    raise ValueError(f"{path} is a file; pass the checkpoint directory (or a .gguf file)")
-  if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
-    raise FileNotFoundError(f"no checkpoint directory at {path}, and {str(source)!r} is not a "
-                            "hub id of the form 'org/name'")
-  from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
-  try:
-    return pathlib.Path(snapshot_download(
-        str(source), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken",
-                                     "*.jinja"]))
-  except Exception as e:  # network, auth, missing repo: all say the same to the user
-    raise FileNotFoundError(f"could not download {source!r} from the Hugging Face hub ({e}); "
-                            "pass a local directory instead") from e
-
-
-def check_sizes(cfg: LLMConfig, where: str) -> LLMConfig:
-  """Refuse sizes no checkpoint can have (zero, negative, non-integer, non-finite), so a
-  hostile or broken config fails here, naming its file, rather than deep inside the model."""
-  for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                "num_kv_heads", "max_position"):
-    v = getattr(cfg, field)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-      raise ValueError(f"{where}: {field}={v!r} must be a positive integer")
-  if cfg.head_dim is not None and (not isinstance(cfg.head_dim, int) or cfg.head_dim < 1):
-    raise ValueError(f"{where}: head_dim={cfg.head_dim!r} must be a positive integer")
-  for field in ("rope_theta", "rms_eps"):
-    v = getattr(cfg, field)
-    if not (isinstance(v, float) and math.isfinite(v) and v > 0):
-      raise ValueError(f"{where}: {field}={v!r} must be a positive finite number")
-  return cfg
 
 
 def read_config(path: pathlib.Path, dtype: str = "float32") -> LLMConfig:
@@ -139,55 +53,7 @@ def read_config(path: pathlib.Path, dtype: str = "float32") -> LLMConfig:
     raise ValueError(f"{file}: missing field {e}") from None
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ValueError(f"{file}: {e}") from None
-  return check_sizes(cfg, str(file))
-
-
-def _safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
-  index = path / SAFETENSORS_INDEX
-  if index.exists():
-    try:
-      weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{index} is not a safetensors index (needs a 'weight_map'): {e}") from None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(v, str) for v in weight_map.values()):
-      raise ValueError(f"{index}: 'weight_map' must map tensor names to file names")
-    files = []
-    for name in sorted(set(weight_map.values())):
-      # shards are plain file names next to the index: never a path out of the directory
-      if pathlib.PurePath(name).name != name or name in (".", "..") or "\\" in name:
-        raise ValueError(f"{index}: shard {name!r} is not a plain file name in {path}")
-      files.append(path / name)
-  elif (path / SAFETENSORS_FILE).exists():
-    files = [path / SAFETENSORS_FILE]
-  else:
-    raise FileNotFoundError(f"{path} has neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}; "
-                            "only safetensors checkpoints are read (re-save with "
-                            "save_pretrained(safe_serialization=True))")
-  for f in files:
-    if not f.exists():
-      raise FileNotFoundError(f"{f} is listed in {SAFETENSORS_INDEX} but missing")
-  return files
-
-
-def read_safetensors(files: list[pathlib.Path]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """All tensors as NumPy (bf16 via ml_dtypes) plus the file each came from."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  tensors, origin = {}, {}
-  for f in files:
-    try:
-      with safe_open(str(f), framework="numpy") as st:
-        for name in st.keys():
-          tensors[name] = st.get_tensor(name)
-          origin[name] = str(f)
-    except Exception as e:  # SafetensorError is not importable as a stable public name
-      raise ValueError(f"{f} is not a readable safetensors file ({e}); it may be truncated or "
-                       "corrupt — download or export it again") from None
-  for name, x in tensors.items():
-    if not np.issubdtype(x.dtype, np.floating) and x.dtype.name != "bfloat16":
-      raise ValueError(f"tensor {name!r} in {origin[name]} has dtype {x.dtype}; weights must be "
-                       "floating point")
-  return tensors, origin
+  return llm_tables.check_sizes(cfg, str(file))
 
 
 def _cast(params, dtype):
@@ -200,11 +66,11 @@ def load_hf(source: str | os.PathLike, dtype: Any = None,
             compute_dtype: str = "float32") -> tuple[dict, LLMConfig]:
   """A local HF directory or hub id → (params, cfg). Params keep the stored dtype unless
   `dtype` is given."""
-  path = _resolve(source)
+  path = files.model_dir(source)
   cfg = read_config(path, compute_dtype)
-  tensors, origin = read_safetensors(_safetensors_files(path))
-  params = convert(tensors, llm_tables.HF_RULES, cfg, llm_tables.hf_ignore(cfg), origin,
-                   source=str(path))
+  tensors, origin = files.read_safetensors(files.safetensors_files(path))
+  params = llm_tables.convert(tensors, llm_tables.HF_RULES, cfg, llm_tables.hf_ignore(cfg),
+                              origin, source=str(path))
   return _cast(params, dtype), cfg
 
 
@@ -219,12 +85,11 @@ def import_llm(source: str | os.PathLike, dtype: Any = None, compute_dtype: str 
   from longvid_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
   src = assets.resolve(source)
   if src.endswith(".gguf"):
-    from longvid_jax.interop import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
     params, cfg = gguf_lib.load_gguf(src, compute_dtype=compute_dtype)
     tok = tokenizers.load(src) if tokenizer else None
     return _cast(params, dtype), cfg, tok
   params, cfg = load_hf(src, dtype, compute_dtype)
-  path = _resolve(src)
+  path = files.model_dir(src)
   tok = tokenizers.load(str(path)) if tokenizer and tokenizers.has_hf_files(path) else None
   return params, cfg, tok
 
@@ -251,14 +116,12 @@ def export_llm(params, cfg: LLMConfig, out_dir: str | os.PathLike, tokenizer=Non
   params = _cast(jax.device_get(llm_lib.unstack_layers(params)), dtype)  # tables name layers_{i}
   cfg = dataclasses.replace(cfg, scan_layers=False)  # the layout the params now have
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-  check_params(flat, cfg, source="params")
+  llm_tables.check_params(flat, cfg, source="params")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   dtype_name = _dtype_name(flat)
   tensors = tables.to_theirs(traverse_util.unflatten_dict(flat, sep="/"), llm_tables.HF_RULES, cfg)
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
+  files.save_safetensors(tensors, out / files.SAFETENSORS_FILE)
   config = cfg.to_hf()
   config["dtype"] = dtype_name
   gen = {}

@@ -6,9 +6,19 @@ convert in a Llama checkpoint. Family differences live in small hooks (GGUF's ro
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+import math
+from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from longvid_jax import trees
+from longvid_jax.interop import tables
 from longvid_jax.interop.tables import Rule, transpose
+from longvid_jax.models.llm import DecoderLM, LLMConfig
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -90,3 +100,62 @@ GGUF_RULES: list[Rule] = [
 ]
 
 GGUF_IGNORE = [r"^rope_freqs\.weight$"]
+
+
+# --- checks every LLM format shares --------------------------------------------------------------
+
+
+def expected_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
+  """Flat param path → shape the model needs, without allocating params."""
+  model = DecoderLM(dataclasses.replace(cfg, dtype="float32"))
+
+  def init(mdl, ids):
+    return mdl(mdl.embed(ids), jnp.zeros_like(ids), jnp.ones_like(ids))
+
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
+                                             method=init))
+  flat = traverse_util.flatten_dict(shapes["params"], sep="/")
+  return {k: tuple(getattr(v, "value", v).shape) for k, v in flat.items()}
+
+
+def check_params(flat: Mapping[str, Any], cfg: LLMConfig, where: Mapping[str, str] | None = None,
+                 source: str = "checkpoint") -> None:
+  """Raise one error listing every missing, extra or wrongly-shaped param, naming the file
+  (and foreign tensor name) each one came from."""
+  trees.check_fit(flat, expected_shapes(cfg), source, where)
+
+
+def convert(tensors: Mapping[str, np.ndarray], rules, cfg: LLMConfig, ignore=(),
+            files: Mapping[str, str] | None = None, source: str = "checkpoint") -> dict:
+  """Foreign tensors → our nested params, checked against the config's shapes."""
+  try:
+    params = tables.to_ours(tensors, rules, cfg, ignore=ignore)
+  except ValueError as e:
+    raise ValueError(f"{source}: {e}") from None
+  flat = traverse_util.flatten_dict(params, sep="/")
+  files = files or {}
+  where = {}
+  for name in tensors:
+    rule, i = tables._match(name, rules, "theirs")  # pylint: disable=protected-access
+    if rule is not None:
+      ours = rule.ours.replace("{i}", i) if i is not None else rule.ours
+      where[ours] = f"tensor {name!r} in {files.get(name, source)}"
+  check_params(flat, cfg, where, source)
+  return params
+
+
+def check_sizes(cfg: LLMConfig, where: str) -> LLMConfig:
+  """Refuse sizes no checkpoint can have (zero, negative, non-integer, non-finite), so a
+  hostile or broken config fails here, naming its file, rather than deep inside the model."""
+  for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "max_position"):
+    v = getattr(cfg, field)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{where}: {field}={v!r} must be a positive integer")
+  if cfg.head_dim is not None and (not isinstance(cfg.head_dim, int) or cfg.head_dim < 1):
+    raise ValueError(f"{where}: head_dim={cfg.head_dim!r} must be a positive integer")
+  for field in ("rope_theta", "rms_eps"):
+    v = getattr(cfg, field)
+    if not (isinstance(v, float) and math.isfinite(v) and v > 0):
+      raise ValueError(f"{where}: {field}={v!r} must be a positive finite number")
+  return cfg

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from longvid_jax import trees
+
 Hook = Callable[[np.ndarray, Any], np.ndarray]
 
 
@@ -85,11 +87,4 @@ def to_theirs(params: Mapping, rules: list[Rule], cfg: Any = None) -> dict[str, 
 
 def check_complete(params: Mapping, expected: Mapping) -> None:
   """Raise naming every missing, extra or wrongly-shaped parameter."""
-  got = traverse_util.flatten_dict(params, sep="/")
-  want = traverse_util.flatten_dict(expected, sep="/")
-  problems = [f"missing {k}" for k in want.keys() - got.keys()]
-  problems += [f"unexpected {k}" for k in got.keys() - want.keys()]
-  problems += [f"{k}: shape {np.shape(got[k])} but the model needs {np.shape(want[k])}"
-               for k in want.keys() & got.keys() if np.shape(got[k]) != np.shape(want[k])]
-  if problems:
-    raise ValueError("checkpoint does not fit the model: " + "; ".join(sorted(problems)[:12]))
+  trees.check_fit(trees.flat(params), trees.flat(expected), "checkpoint")

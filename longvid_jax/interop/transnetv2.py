@@ -12,8 +12,10 @@ import numpy as np
 from flax import traverse_util
 import flax.linen as nn
 
+from longvid_jax import assets
 from longvid_jax.interop import pth, tables
 from longvid_jax.interop.tables import Rule
+from longvid_jax.sampling.transnetv2 import TransNetV2
 
 
 def _spatial_in(x: np.ndarray, cfg: Any) -> np.ndarray:
@@ -63,7 +65,6 @@ IGNORE = [r"num_batches_tracked$"]
 
 
 def expected_shapes() -> dict:
-  from longvid_jax.sampling.transnetv2 import TransNetV2
   shapes = jax.eval_shape(lambda: TransNetV2().init(
       jax.random.key(0), jnp.zeros((1, 4, 27, 48, 3), jnp.uint8)))["params"]
   return nn.unbox(shapes)
@@ -89,8 +90,7 @@ def load_params(source: str | os.PathLike | None = None) -> dict:
   """
   from safetensors.numpy import load_file
   if source is None:
-    from longvid_jax.assets import asset
-    source = asset("transnetv2_weights")
+    source = assets.asset("transnetv2_weights")
   source = pathlib.Path(source)
   if not source.exists():
     raise FileNotFoundError(f"TransNetV2 weights not found: {source}")

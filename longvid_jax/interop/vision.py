@@ -16,16 +16,19 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from longvid_jax.interop import pth, tables
+from longvid_jax import assets, trees
+from longvid_jax.interop import files, pth, tables
 from longvid_jax.interop.tables import Rule
+from longvid_jax.models.encoders import efficientnet
+from longvid_jax.models.encoders.siglip import SiglipConfig, SiglipVisionEncoder
+from longvid_jax.registry import Registry
 
 
 # --- hooks ----------------------------------------------------------------------------------------
@@ -59,101 +62,16 @@ def _conv_out(x: np.ndarray, cfg: Any) -> np.ndarray:
 
 # --- reading and writing safetensors --------------------------------------------------------------
 
-def _looks_like_hub_id(source: str) -> bool:
-  return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not source.startswith(".")
-
-
-def resolve_model_dir(source: str | os.PathLike) -> pathlib.Path:
-  """A local file/directory, else a hub id fetched with huggingface_hub (config + safetensors)."""
-  path = pathlib.Path(source).expanduser()
-  if path.exists():
-    return path
-  if isinstance(source, str) and _looks_like_hub_id(source):
-    try:
-      from huggingface_hub import snapshot_download
-      return pathlib.Path(snapshot_download(
-          source, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"]))
-    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no package: one clear message
-      raise FileNotFoundError(
-          f"{source!r} is neither a local path nor a reachable Hugging Face model ({e}); "
-          "pass a directory holding config.json and *.safetensors") from None
-  raise FileNotFoundError(f"model path does not exist: {path}; pass a directory holding "
-                          "config.json and model.safetensors (or a sharded index)")
-
-
-def _read_file(path: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors import safe_open
-  out = {}
-  try:
-    with safe_open(str(path), framework="numpy") as f:
-      for name in f.keys():
-        try:
-          out[name] = f.get_tensor(name)
-        except TypeError:  # bfloat16 has no numpy dtype: go through jax, upcast
-          with safe_open(str(path), framework="flax") as g:
-            out[name] = np.asarray(g.get_tensor(name))
-  except (OSError, ValueError, RuntimeError) as e:
-    raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-  except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad headers
-    if type(e).__name__ == "SafetensorError":
-      raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-    raise
-  # params stay float32 whatever the checkpoint stores (bf16/fp16 hub files)
-  return {k: (v.astype(np.float32) if v.dtype != np.float32 and v.dtype.kind in "fV" else v)
-          for k, v in out.items()}
-
-
 def read_safetensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
   """All tensors of a .safetensors file, or of a directory (single file or sharded index);
-  floating tensors come back as float32."""
-  path = pathlib.Path(source)
-  if path.is_file():
-    return _read_file(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"no such file or directory: {path}")
-  index = path / "model.safetensors.index.json"
-  if index.is_file():
-    try:
-      weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"{index} is not a safetensors index (no weight_map: {e})") from None
-    out = {}
-    for shard in sorted(set(weight_map.values())):
-      if not (path / shard).is_file():
-        raise FileNotFoundError(f"{index} lists shard {shard}, which is missing from {path}")
-      out.update(_read_file(path / shard))
-    return out
-  single = path / "model.safetensors"
-  files = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
-  if not files:
-    raise FileNotFoundError(f"no *.safetensors in {path} (PyTorch .bin checkpoints are not read: "
-                            "re-save the model with safe_serialization=True)")
-  out = {}
-  for f in files:
-    out.update(_read_file(f))
-  return out
-
-
-def _unbox(tree):
-  """Plain arrays / shapes from a tree that may hold logical-axis boxes; unlike `nn.unbox` it
-  applies no sharding constraint, so it is safe under an active mesh."""
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
-                      if isinstance(x, nn.meta.AxisMetadata) else x, tree,
-                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  params stay float32 whatever the checkpoint stores (bf16/fp16 hub files)."""
+  tensors, _ = files.read_safetensors(files.safetensors_files(pathlib.Path(source)))
+  return {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in tensors.items()}
 
 
 def _flat_f32(params: Mapping) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32)
-          for k, v in traverse_util.flatten_dict(_unbox(params), sep="/").items()}
-
-
-def _save_safetensors(tensors: Mapping[str, np.ndarray], target: pathlib.Path) -> None:
-  from safetensors.numpy import save_file
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-            metadata={"format": "pt"})
-  os.replace(tmp, target)  # a killed write never leaves a half file
+          for k, v in traverse_util.flatten_dict(trees.strip_boxes(params), sep="/").items()}
 
 
 # --- SigLIP ---------------------------------------------------------------------------------------
@@ -190,11 +108,10 @@ def siglip_rules() -> list[Rule]:
 
 
 def siglip_expected_shapes(cfg) -> dict:
-  from longvid_jax.models.encoders.siglip import SiglipVisionEncoder
   s = cfg.image_size
   shapes = jax.eval_shape(lambda: SiglipVisionEncoder(cfg).init(
       jax.random.key(0), jnp.zeros((1, s, s, cfg.num_channels))))["params"]
-  return _unbox(shapes)
+  return trees.strip_boxes(shapes)
 
 
 def siglip_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg) -> dict:
@@ -226,15 +143,13 @@ def import_siglip(source: str | os.PathLike, **overrides):
   `overrides` set SiglipConfig fields the checkpoint does not fix: select_layer, dtype, and
   use_head=False to drop the pooling head.
   """
-  from longvid_jax.models.encoders.siglip import SiglipConfig
-  path = resolve_model_dir(source)
+  path = files.model_dir(source)
   root = path if path.is_dir() else path.parent
   cfg = SiglipConfig.from_hf(root, **overrides)
   tensors = read_safetensors(path)
   if cfg.use_head and not any(re.match(r"^(vision_model\.)?head\.", k) for k in tensors):
     if "use_head" in overrides:
       raise ValueError(f"{path}: use_head=True but the checkpoint has no pooling head")
-    import dataclasses
     cfg = dataclasses.replace(cfg, use_head=False)
   try:
     params = siglip_from_hf_tensors(tensors, cfg)
@@ -251,12 +166,12 @@ def export_siglip(params: Mapping, cfg, out_dir: str | os.PathLike,
   one reads both."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  flat = traverse_util.flatten_dict(_unbox(params), sep="/")
+  flat = traverse_util.flatten_dict(trees.strip_boxes(params), sep="/")
   if not cfg.use_head:
     flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
   params = traverse_util.unflatten_dict(flat, sep="/")
   tables.check_complete(_flat_nested(params), siglip_expected_shapes(cfg))
-  _save_safetensors(siglip_to_hf_tensors(params, cfg, prefix), out / "model.safetensors")
+  files.save_safetensors(siglip_to_hf_tensors(params, cfg, prefix), out / "model.safetensors")
   (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2) + "\n")
   return out
 
@@ -287,11 +202,10 @@ EFFICIENTNET_IGNORE = [r"num_batches_tracked$", r"^_fc\."]
 
 
 def efficientnet_expected_shapes() -> dict:
-  from longvid_jax.models.encoders.efficientnet import EfficientNetConfig, EfficientNetLite0
-  cfg = EfficientNetConfig(image_size=32)  # params do not depend on the image size
-  shapes = jax.eval_shape(lambda: EfficientNetLite0(cfg).init(
+  cfg = efficientnet.EfficientNetConfig(image_size=32)  # params do not depend on the image size
+  shapes = jax.eval_shape(lambda: efficientnet.EfficientNetLite0(cfg).init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
-  return _unbox(shapes)
+  return trees.strip_boxes(shapes)
 
 
 def efficientnet_from_torch_state_dict(state: Mapping[str, Any]) -> dict:
@@ -315,8 +229,7 @@ def load_efficientnet_lite0(source: str | os.PathLike | None = None) -> dict:
   With no argument the ImageNet weights (offline asset `efficientnet_lite0`) are used.
   """
   if source is None:
-    from longvid_jax.assets import asset
-    source = asset("efficientnet_lite0")
+    source = assets.asset("efficientnet_lite0")
   source = pathlib.Path(source)
   if source.is_dir():
     source = source / "model.safetensors"
@@ -351,14 +264,50 @@ def export_efficientnet(params: Mapping, cfg, out_dir: str | os.PathLike) -> pat
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   tables.check_complete(_flat_nested(params), efficientnet_expected_shapes())
-  flat = traverse_util.flatten_dict(_unbox(dict(params)), sep="/")
+  flat = traverse_util.flatten_dict(trees.strip_boxes(dict(params)), sep="/")
   tensors = tables.to_theirs(traverse_util.unflatten_dict(
       {k: np.asarray(v) for k, v in flat.items()}, sep="/"), efficientnet_rules())
-  _save_safetensors(tensors, out / "model.safetensors")
-  from longvid_jax.models.encoders import efficientnet
+  files.save_safetensors(tensors, out / "model.safetensors")
   config = {"model_type": "efficientnet_lite0", "architecture": "efficientnet-lite0",
             "naming": "efficientnet_pytorch", "mean": list(efficientnet.IMAGENET_MEAN),
             "std": list(efficientnet.IMAGENET_STD), **dataclasses.asdict(cfg)}
   (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
   return out
 
+
+
+# --- one converter per encoder --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+  """How an encoder's weights are read and written; `load` may fix the config's shapes."""
+  load: Callable[[str, Any], tuple[dict, Any]]  # (source, cfg) -> (params, cfg)
+  save: Callable[[Mapping, Any, str | os.PathLike], pathlib.Path]  # (params, cfg, out) -> out
+
+
+CONVERTERS: Registry[Converter] = Registry("encoder checkpoint converter")
+
+
+def _load_siglip(source: str, cfg: SiglipConfig):
+  """The checkpoint fixes the tower's shape; `cfg` contributes only our own choices."""
+  kw = dict(select_layer=cfg.select_layer, dtype=cfg.dtype)
+  if not cfg.use_head:
+    kw["use_head"] = False
+  return import_siglip(source, **kw)
+
+
+CONVERTERS.register("siglip")(Converter(_load_siglip, export_siglip))
+CONVERTERS.register("efficientnet_lite0")(Converter(
+    lambda source, cfg: (load_efficientnet_lite0(assets.resolve(source)), cfg),
+    export_efficientnet))
+
+
+def load_pretrained(name: str, source: str, cfg) -> tuple[dict, Any]:
+  """(params, cfg) of encoder `name` from an asset name, file, HF directory or hub id."""
+  return CONVERTERS.get(name).load(source, cfg)
+
+
+def save_pretrained(name: str, params: Mapping, cfg, out_dir: str | os.PathLike) -> pathlib.Path:
+  """Write `params` where `load_pretrained` and the PyTorch counterpart read them."""
+  return CONVERTERS.get(name).save(params, cfg, out_dir)

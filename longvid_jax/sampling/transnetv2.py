@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import pathlib
 from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
@@ -274,24 +272,20 @@ def _score_windows(params, frames: Array, pad: int, keep: int):
 class ShotDetector:
   """Jitted, batched TransNetV2 inference; one compilation serves every video length."""
 
-  def __init__(self, params: Any = None, batch_windows: int = 4,
-               weights: str | os.PathLike | None = None, mode: str = "exact"):
+  def __init__(self, params: Any, batch_windows: int = 4, mode: str = "exact"):
     if mode not in MODES:
       raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     self.mode = mode
     self.window, self.stride = MODES[mode]
     pad = (self.window - self.stride) // 2
-    if params is None:
-      from longvid_jax.interop.transnetv2 import load_params
-      params = load_params(weights)
     if batch_windows < 1:
       raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
     self.params = jax.device_put(params)
     self.batch = batch_windows
     self.pad = pad
 
-  def predict_chunks(self, chunks: Iterable[np.ndarray], progress: Callable[[int], Any] | None = None
-                     ) -> ShotPredictions:
+  def predict_chunks(self, chunks: Iterable[np.ndarray],
+                     progress: Callable[[int], Any] | None = None) -> ShotPredictions:
     """Scores a stream of frame chunks[N,27,48,3] uint8 (e.g. from `VideoReader.iter_chunks`)."""
     counted = _Counter(chunks)
     singles, manys, embeds = [], [], []
@@ -324,31 +318,6 @@ class ShotDetector:
     if frames.ndim != 4 or frames.shape[1:] != (*INPUT_HW, 3) or frames.dtype != np.uint8:
       raise ValueError(f"frames must be uint8 [T,27,48,3], got {frames.dtype} {frames.shape}")
     return self.predict_chunks([frames[i:i + 500] for i in range(0, len(frames), 500)])
-
-  def predict_video(self, path: str | os.PathLike, progress: bool = False,
-                    chunk_size: int = 500) -> ShotPredictions:
-    """Decodes `path` to 48×27 in chunks and scores it; memory stays bounded for long videos."""
-    from longvid_jax.data.video import VideoReader
-    with VideoReader(path) as reader:
-      total = reader.info.num_frames
-      stamps: list[np.ndarray] = []
-
-      def chunks():
-        for c in reader.iter_chunks(chunk_size, size=(INPUT_HW[1], INPUT_HW[0])):
-          stamps.append(c.timestamps)
-          yield c.frames
-
-      bar = None
-      if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="frame", desc=f"shots {pathlib.Path(path).name}")
-      try:
-        pred = self.predict_chunks(chunks(), None if bar is None else
-                                   (lambda k: bar.update(k - bar.n)))
-      finally:
-        if bar is not None:
-          bar.close()
-    return dataclasses.replace(pred, timestamps=np.concatenate(stamps))
 
 
 class _Counter:

@@ -165,3 +165,23 @@ def write_json_atomic(path: pathlib.Path, obj) -> None:
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def save_params(path: pathlib.Path, params) -> None:
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path.absolute(), params, force=True)
+
+
+def load_params(path: pathlib.Path, target):
+  """Params saved by a finished stage, restored into `target`'s structure and shardings."""
+  if not path.exists():
+    raise FileNotFoundError(f"no saved params at {path}; rerun the stage that writes them")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(path.absolute(), abstract)
+  except Exception as e:
+    raise ValueError(
+        f"the saved params at {path} are unreadable ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}); delete {path.parent / 'DONE.json'} and rerun to "
+        "write them again from that stage's last checkpoint") from None

@@ -29,7 +29,7 @@ def check_trainable(params, trainable: Sequence[str]) -> None:
 
 
 def grad_accum(cfg) -> int:
-  k = int(cfg.get("grad_accum", 1) or 1)
+  k = int(cfg.grad_accum)
   if k < 1:
     raise ValueError(f"grad_accum must be >= 1, got {k}")
   return k

@@ -23,15 +23,15 @@ import pathlib
 import time
 from typing import Callable
 
-import flax.linen as nn
 import jax
 
 from longvid_jax import config as config_lib
+from longvid_jax import runs
 from longvid_jax.data import features, pipeline
-from longvid_jax.models import build
+from longvid_jax.models.reducers.base import Autoencoder
 from longvid_jax.parallel import distributed
 from longvid_jax.parallel import mesh as mesh_lib
-from longvid_jax.train import checkpoint
+from longvid_jax.train import checkpoint, losses
 from longvid_jax.train import stage as stage_lib
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def stage_dir(workdir: pathlib.Path, index: int, name: str) -> pathlib.Path:
 def with_untrained_reducer(scfg, model, params):
   """A reducer with weights but no objective of its own (Perceiver, FiLA, LongVU's query map)
   learns wherever the projector does; the paper's SVC is pretrained and stays as its stage set."""
-  if (hasattr(model.reducer, "reconstruction_loss") or not params.get("reducer")
+  if (isinstance(model.reducer, Autoencoder) or not params.get("reducer")
       or "projector" not in scfg.trainable or "reducer" in scfg.trainable):
     return scfg
   scfg = scfg.copy_and_resolve_references()
@@ -54,7 +54,7 @@ def with_untrained_reducer(scfg, model, params):
 
 def stage_data(config, scfg):
   """config.data with the stage's own seq_len, if it sets one."""
-  if scfg.get("seq_len") is None:
+  if scfg.seq_len is None:
     return config.data
   data = config.data.copy_and_resolve_references()
   data.seq_len = int(scfg.seq_len)
@@ -63,10 +63,10 @@ def stage_data(config, scfg):
 
 def _encoder_fingerprint(config, params) -> str | None:
   """Keys the feature cache to this encoder's definition and weights (None: no cache)."""
-  if not config.data.get("features"):
+  if not config.data.features:
     return None
   e = config.model.encoder
-  return features.encoder_fingerprint(e.name, e.get("preset"), dict(e.get("args") or {}),
+  return features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
                                       jax.device_get(params["encoder"]))
 
 
@@ -79,6 +79,7 @@ def _log_to(workdir: pathlib.Path) -> logging.Handler:
 
 def run(config, workdir: str | pathlib.Path) -> dict:
   """Run (or finish) every stage of `config.recipe`; returns and writes the summary."""
+  config_lib.validate_fields(config)  # types and ranges: no JAX needed
   distributed.initialize(config)  # before any JAX computation
   config_lib.validate(config)
   workdir = pathlib.Path(workdir).absolute()
@@ -131,20 +132,15 @@ def _done(sdir: pathlib.Path) -> stage_lib.StageResult | None:
 def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
            preempted: Callable[[], bool] = lambda: False):
   """Stages first..end; stage `first` starts from the previous stage's params (or init)."""
-  tok = build.tokenizer(config.model)
-  model = build.model(config.model, tok)
-  num_visual = build.num_visual_tokens(model, config)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.rules_from_config(config.get("sharding_rules"))
-  batch_sharding = mesh_lib.batch_sharding(mesh)
+  s = runs.setup(config)
+  model = s.model
+  batch_sharding = mesh_lib.batch_sharding(s.mesh)
   results = []
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(model, config, num_visual, mesh, rules)
+  with s.scope():
     if first == 0:
-      params = build.init_params(model, config, num_visual, abstract, shardings)
+      params = s.init_params()
     else:
-      params = stage_lib.load_params(
-          stage_dir(workdir, first - 1, recipe[first - 1]) / "params", abstract)
+      params = s.load_params(stage_dir(workdir, first - 1, recipe[first - 1]) / "params")
     for i in range(first, len(recipe)):
       name, scfg = recipe[i], config.stages[recipe[i]]
       sdir = stage_dir(workdir, i, name)
@@ -153,26 +149,28 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
         log.warning("stage %s: %s", name, note)
         results.append(stage_lib.StageResult(name, "preempted", note=note))
         break
-      if scfg.loss == "reconstruction" and not hasattr(model.reducer, "reconstruction_loss"):
+      if not losses.applies(scfg.loss, model):
         result = stage_lib.StageResult(name, "skipped", note=(
             f"reducer {config.model.reducer.name!r} has no reconstruction objective"))
         sdir.mkdir(parents=True, exist_ok=True)
-        stage_lib.save_params(sdir / "params", params)
+        checkpoint.save_params(sdir / "params", params)
         checkpoint.write_json_atomic(sdir / "DONE.json", dataclasses.asdict(result))
         results.append(result)
         continue
       scfg = with_untrained_reducer(scfg, model, params)
       data = stage_data(config, scfg)
-      tokens = f" of {data.seq_len}-token examples" if scfg.loss == "lm" else ""
+      tokens = (f" of {data.seq_len}-token examples" if losses.LOSSES.get(scfg.loss).needs_text
+                else "")
       log.info("stage %d/%d %s: %d steps%s, training %s", i + 1, len(recipe), name, scfg.steps,
                tokens, ", ".join(scfg.trainable))
-      ds = pipeline.dataset(data, scfg.task, tok, num_visual, scfg.batch_size,
+      ds = pipeline.dataset(data, scfg.task, s.tokenizer, s.num_visual, scfg.batch_size,
                             seed=config.seed + i, process_index=jax.process_index(),
                             process_count=jax.process_count(),
                             encoder_fingerprint=_encoder_fingerprint(config, params))
       put = lambda b: distributed.put_batch(b, batch_sharding)  # noqa: E731
       params, result = stage_lib.run_stage(
-          name, i, len(recipe), scfg, model, params, lambda s: pipeline.iterate(ds, s), sdir,
+          name, i, len(recipe), scfg, model, params,
+          lambda start: pipeline.iterate(ds, start), sdir,
           seed=config.seed + 1000 * (i + 1), put_batch=put, preempted=preempted)
       results.append(result)
       if result.status == "preempted":  # run_stage logged where; the rest waits for a rerun

@@ -24,21 +24,17 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
 
-from longvid_jax.models.mllm import VideoLLM, lm_loss, model_inputs
-from longvid_jax.train import checkpoint, optim
+from longvid_jax.models.mllm import VideoLLM
+from longvid_jax.train import checkpoint, losses, optim
 from longvid_jax.train.metrics import MetricWriter
 
 log = logging.getLogger(__name__)
-
-LOSSES = ("reconstruction", "lm")
-
 
 @dataclasses.dataclass
 class StageResult:
@@ -50,23 +46,6 @@ class StageResult:
   seconds: float = 0.0
   checkpoint: str | None = None
   note: str | None = None
-
-
-def stage_loss(model: VideoLLM, kind: str) -> Callable:
-  """(params, batch, rng) → (loss, metrics) for a stage's objective."""
-  if kind == "reconstruction":
-    def loss_fn(params, batch, rng):
-      def f(m):
-        feats = batch["features"] if "features" in batch else m.features(batch["frames"])
-        return m.reconstruction_loss(feats, deterministic=False)
-      return nn.apply(f, model)({"params": params}, rngs={"noise": rng})
-  elif kind == "lm":
-    def loss_fn(params, batch, rng):
-      logits = model.apply({"params": params}, **model_inputs(batch), rngs={"noise": rng})
-      return lm_loss(logits, batch["input_ids"], batch["loss_mask"])
-  else:
-    raise ValueError(f"stage loss {kind!r}: choose one of {LOSSES}")
-  return loss_fn
 
 
 NAN_POLICIES = ("stop", "skip")
@@ -106,11 +85,19 @@ class PreemptionGuard:
     self._previous.clear()
 
 
+def train_state(params, opt_state, step=None, skipped=None) -> dict:
+  """The one train-state layout (what checkpoints hold and each step returns); step and skip
+  counters start at zero."""
+  zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731 - two buffers: the step donates both
+  return {"params": params, "opt_state": opt_state, "step": zero() if step is None else step,
+          "skipped": zero() if skipped is None else skipped}
+
+
 def make_train_step(model: VideoLLM, kind: str, tx: optax.GradientTransformation,
                     trainable) -> Callable:
   """Jitted (state, batch, rng) → (state, metrics). A step whose loss or trained gradients are
   not finite leaves params and optimiser state as they were and counts itself in `skipped`."""
-  loss_fn = stage_loss(model, kind)
+  loss_fn = losses.LOSSES.get(kind).make(model)
 
   def step(state, batch, rng):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
@@ -123,9 +110,8 @@ def make_train_step(model: VideoLLM, kind: str, tx: optax.GradientTransformation
     skipped = state["skipped"] + (~finite).astype(jnp.int32)
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite,
                "skipped": skipped}
-    return {"params": keep(params, state["params"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
-            "step": state["step"] + 1, "skipped": skipped}, metrics
+    return train_state(keep(params, state["params"]), keep(opt_state, state["opt_state"]),
+                       state["step"] + 1, skipped), metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -168,15 +154,14 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
   """
   stage_dir.mkdir(parents=True, exist_ok=True)
   t_start = time.time()
-  policy = cfg.get("nan_policy", "stop")
+  policy = cfg.nan_policy
   if policy not in NAN_POLICIES:
     raise ValueError(f"stages.{name}.nan_policy={policy!r}: choose one of {NAN_POLICIES}")
-  poison = {int(s) for s in (cfg.get("debug_nan_steps") or ())}
-  keep = bool(cfg.get("keep_checkpoints", False))
+  poison = {int(s) for s in (cfg.debug_nan_steps or ())}
+  keep = bool(cfg.keep_checkpoints)
   tx = optim.make_optimizer(cfg, params)
   trainable = optim.trainable_mask(params, cfg.trainable)
-  state = {"params": params, "opt_state": optim.init_opt_state(tx, params),
-           "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  state = train_state(params, optim.init_opt_state(tx, params))
   ckpt_dir = stage_dir / "checkpoints"
   mngr = checkpoint.manager(ckpt_dir, cfg.checkpoint_every)
   start, saved_data = 0, None
@@ -272,7 +257,7 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
     log.warning("stage %s: %s", name, note)
     return state["params"], StageResult(status=status, note=note, **summary)
   # params are committed before DONE.json exists, so DONE.json always names usable params
-  save_params(stage_dir / "params", state["params"])
+  checkpoint.save_params(stage_dir / "params", state["params"])
   result = StageResult(status="done", checkpoint=str((stage_dir / "params").absolute()),
                        **summary)
   checkpoint.write_json_atomic(stage_dir / "DONE.json", dataclasses.asdict(result))
@@ -280,23 +265,3 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
     # they only serve to resume this stage; with an LLM in the optimiser they are gigabytes
     shutil.rmtree(ckpt_dir, ignore_errors=True)
   return state["params"], result
-
-
-def save_params(path: pathlib.Path, params) -> None:
-  with checkpoint.ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path.absolute(), params, force=True)
-
-
-def load_params(path: pathlib.Path, target):
-  """Params saved by a finished stage, restored into `target`'s structure and shardings."""
-  if not path.exists():
-    raise FileNotFoundError(f"no saved params at {path}; rerun the stage that writes them")
-  abstract = jax.tree.map(checkpoint.ocp.utils.to_shape_dtype_struct, target)
-  try:
-    with checkpoint.ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(path.absolute(), abstract)
-  except Exception as e:
-    raise ValueError(
-        f"the saved params at {path} are unreadable ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200]}); delete {path.parent / 'DONE.json'} and rerun to "
-        "write them again from that stage's last checkpoint") from None

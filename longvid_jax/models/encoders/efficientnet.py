@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from typing import Any
 
 import chex
@@ -32,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.encoders import ENCODERS
+from longvid_jax.models.encoders.base import ENCODERS, TokenGrid
 
 Array = jax.Array
 
@@ -209,38 +208,10 @@ class MBConv(nn.Module):
 
 
 @ENCODERS.register("efficientnet_lite0")
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(TokenGrid, nn.Module):
   """frames[N,S,S,3] in [0,1] → tokens[N,h,w,C] ((h,w) = cfg.grid, C = cfg.width)."""
 
   cfg: EfficientNetConfig = EfficientNetConfig()
-
-  @classmethod
-  def load_pretrained(cls, source: str, cfg: EfficientNetConfig
-                      ) -> tuple[dict, EfficientNetConfig]:
-    """`source`: an asset name, a PyTorch .pth state dict or a converted .safetensors file.
-    The weights fit every image size and output, so `cfg` comes back unchanged."""
-    from longvid_jax import assets  # pylint: disable=g-import-not-at-top
-    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
-    return vision.load_efficientnet_lite0(assets.resolve(source)), cfg
-
-  @nn.nowrap
-  def save_pretrained(self, params, out_dir) -> pathlib.Path:
-    """Write `params` where `load_pretrained` and the PyTorch counterpart read them (a plain
-    method, not a module call: it builds modules of its own)."""
-    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
-    return vision.export_efficientnet(params, self.cfg, out_dir)
-
-  @property
-  def image_size(self) -> int:
-    return self.cfg.image_size
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    return self.cfg.grid
-
-  @property
-  def width(self) -> int:
-    return self.cfg.width
 
   @nn.compact
   def __call__(self, frames: Array) -> Array:

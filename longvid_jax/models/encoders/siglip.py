@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.encoders import ENCODERS
+from longvid_jax.models.encoders.base import ENCODERS, TokenGrid
 
 Array = jax.Array
 
@@ -276,7 +276,7 @@ class SiglipPoolingHead(nn.Module):
 
 
 @ENCODERS.register("siglip")
-class SiglipVisionEncoder(nn.Module):
+class SiglipVisionEncoder(TokenGrid, nn.Module):
   """frames[N,S,S,3] in [0,1] → tokens[N,g,g,C] (S = cfg.image_size, (g,g) = cfg.grid)."""
 
   cfg: SiglipConfig
@@ -288,35 +288,6 @@ class SiglipVisionEncoder(nn.Module):
     self.post_layernorm = _layernorm(cfg, "post_layernorm")
     if cfg.use_head:
       self.head = SiglipPoolingHead(cfg)
-
-  @classmethod
-  def load_pretrained(cls, source: str, cfg: SiglipConfig) -> tuple[dict, SiglipConfig]:
-    """A Hugging Face SigLIP directory or hub id. The checkpoint fixes the tower's shape; `cfg`
-    only contributes our own choices (select_layer, dtype, and dropping the pooling head)."""
-    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
-    kw = dict(select_layer=cfg.select_layer, dtype=cfg.dtype)
-    if not cfg.use_head:
-      kw["use_head"] = False
-    return vision.import_siglip(source, **kw)
-
-  @nn.nowrap
-  def save_pretrained(self, params, out_dir) -> pathlib.Path:
-    """Write `params` where `load_pretrained` and the PyTorch counterpart read them (a plain
-    method, not a module call: it builds modules of its own)."""
-    from longvid_jax.interop import vision  # pylint: disable=g-import-not-at-top
-    return vision.export_siglip(params, self.cfg, out_dir)
-
-  @property
-  def image_size(self) -> int:
-    return self.cfg.image_size
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    return self.cfg.grid
-
-  @property
-  def width(self) -> int:
-    return self.cfg.width
 
   def _pixels(self, frames: Array) -> Array:
     chex.assert_rank(frames, 4)

@@ -12,24 +12,8 @@ sample mark padding with `mask=False`. Reducers that are autoencoders also imple
 `reconstruction_loss(tokens) -> (loss, metrics)`, which the AE-pretraining stage optimises.
 """
 
-from __future__ import annotations
-
-import flax.struct
-import jax
-
-from longvid_jax.registry import Registry
-
-REDUCERS = Registry("token reducer")
-
-
-@flax.struct.dataclass
-class Reduced:
-  tokens: jax.Array  # [B,N,C], time-major order
-  mask: jax.Array  # [B,N] bool, True on real tokens
-  losses: dict  # extra scalar training losses (e.g. {"kl": ...}); often empty
-
+from longvid_jax.models.reducers.base import REDUCERS, Reduced  # noqa: F401
 
 # Importing the implementations registers them.
-from longvid_jax.models.reducers import svc  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from longvid_jax.models.reducers import (  # noqa: E402,F401  pylint: disable=g-import-not-at-top
-    fila, longvu, perceiver, pooling, tome)
+    fila, longvu, perceiver, pooling, svc, tome)

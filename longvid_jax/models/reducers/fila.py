@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced
 from longvid_jax.models.reducers.layers import ACT, CrossAttention, check_heads, layer_norm
 from longvid_jax.models.reducers.pooling import pad_to_multiple
 from longvid_jax.models.reducers.tome import tome_merge

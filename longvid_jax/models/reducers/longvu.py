@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longvid_jax.models.reducers import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced
 from longvid_jax.models.reducers.pooling import avgpool3d
 
 

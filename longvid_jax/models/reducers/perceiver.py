@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced
 from longvid_jax.models.reducers.layers import (ACT, MLP, CrossAttention, check_heads,
                                                  layer_norm, sinusoid)
 

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced
 from longvid_jax.models.reducers.pooling import avgpool3d, pad_to_multiple
 
 CONSTRAINTS = ("none", "vae", "residual")

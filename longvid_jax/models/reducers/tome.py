@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced
 
 UNITS = ("frame", "video")  # what one merge covers
 

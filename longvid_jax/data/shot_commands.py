@@ -43,11 +43,10 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
 
 
 def _detect(args):
-  from longvid_jax.data.video import probe
-  from longvid_jax.sampling.transnetv2 import ShotDetector
-  n = probe(args.video).num_frames
-  det = ShotDetector(batch_windows=args.batch_windows, weights=args.weights, mode=args.mode)
-  return det.predict_video(args.video, progress=n >= PROGRESS_MIN_FRAMES)
+  from longvid_jax.data import shots, video
+  n = video.probe(args.video).num_frames
+  return shots.predict(args.video, weights=args.weights, mode=args.mode,
+                       progress=n >= PROGRESS_MIN_FRAMES, batch_windows=args.batch_windows)
 
 
 def _fail(err: Exception) -> int:

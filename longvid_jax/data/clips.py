@@ -1,0 +1,77 @@
+"""Record → the frames a model sees: the one clip loader of training, the feature cache and
+evaluation (`ask`, `eval`, held-out scoring), so a model is evaluated on what it was trained on.
+
+Decode (video file or frame folder) → keep `[start, end)` → resample to `data.fps` → shot
+evidence when the sampler needs it (`data/shots.py`, or the record's own `scores` .npy of
+per-frame boundary probabilities) → `data.sampler` with `data.sampler_args` picks
+`data.num_frames` frames → resize to `data.image_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from longvid_jax.data import records, shots, video
+from longvid_jax.data.records import RecordError
+from longvid_jax.sampling import samplers
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """The sampled frames of one record: frames[T,S,S,3] uint8 with their frame indices, seconds
+  from the clip start and which slots are real (False: padding of a video shorter than T)."""
+  frames: np.ndarray
+  indices: np.ndarray
+  timestamps: np.ndarray
+  valid: np.ndarray
+  duration: float  # seconds of the [start, end) window
+  scores: np.ndarray | None = None  # the whole video's boundary probabilities, when computed
+
+
+def _boundary(reader, rec: records.Record, cfg, num_frames: int, needs: tuple[str, ...]):
+  """(single[N] boundary probabilities, embeddings[N,D] or None) for the whole video."""
+  if rec.scores and "features" not in needs:
+    single = np.asarray(np.load(rec.scores), np.float32).reshape(-1)
+    if len(single) != num_frames:
+      raise RecordError(f"{rec.scores} holds {len(single)} scores but {rec.video} has "
+                        f"{num_frames} frames", "bad_scores")
+    return single, None
+  pred = shots.predict(rec.video, weights=cfg.detector_weights,
+                       mode=cfg.detector_mode, reader=reader)
+  return pred.single, pred.embeddings
+
+
+def _span_max(x: np.ndarray, cand: np.ndarray) -> np.ndarray:
+  """x's maximum over (previous candidate, candidate], so a cut between kept frames counts."""
+  starts = np.concatenate([cand[:1], cand[:-1] + 1])
+  return np.maximum.reduceat(x[:cand[-1] + 1], starts)
+
+
+def load_clip(rec: records.Record, cfg) -> Clip:
+  """Decode and sample one record's video as `cfg` (a config's `data` block) says."""
+  name = cfg.sampler
+  needs = samplers.SAMPLERS.get(name).needs
+  size = int(cfg.image_size)
+  with video.open_video(rec.video, timeout=cfg.decode_timeout,
+                        folder_fps=float(rec.meta.get("fps", cfg.folder_fps))) as r:
+    ts = r.timestamps()
+    duration = max(float(r.info.duration), float(ts[-1]) if len(ts) else 0.0)
+    start = float(rec.start or 0.0)
+    end = float(rec.end) if rec.end is not None else max(duration, float(ts[-1]) + 1e-6)
+    cand = np.nonzero((ts >= start) & (ts < end))[0]
+    cand = cand[video.resample_indices(ts[cand], cfg.fps)]
+    if not len(cand):
+      raise RecordError(f"{rec.video}: no frames in [{start}, {end}) s", "empty_clip")
+    scores = feats = single = None
+    if needs:
+      single, emb = _boundary(r, rec, cfg, len(ts), needs)
+      scores = _span_max(samplers.shot_start_scores(single), cand)
+      feats = None if emb is None else emb[cand]
+    sel = samplers.sample(name, int(cfg.num_frames), num_frames=len(cand), scores=scores,
+                          features=feats, **dict(cfg.sampler_args or {}))
+    idx = cand[sel.indices]
+    got = r.read(idx, size=(size, size))
+  return Clip(got.frames, idx, got.timestamps - start, sel.valid, min(end, duration) - start,
+              single)

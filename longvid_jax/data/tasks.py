@@ -1,0 +1,60 @@
+"""What a training example asks, by the name a stage's `task` field gives.
+
+A task turns what one video offers (`Material`: its question/answer turns and caption pairs)
+into the conversation of one example, or into no text at all (`reconstruction`, for the
+autoencoder). Every source (synthetic videos, manifests) builds `Material` the same way, so a new
+task is one function here registered in `TASKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from longvid_jax.registry import Registry
+
+Turns = list[tuple[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Material:
+  qa: Sequence[tuple[str, str]]  # question/answer turns
+  captions: Sequence[tuple[str, str]] = ()  # (prompt, caption); none: the qa turns serve
+  ordered: bool = True  # the qa turns are a conversation: keep its first turns, in order
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  turns: Callable[[Material, np.random.Generator, int], Turns] | None  # None: frames only
+
+
+TASKS: Registry[Task] = Registry("data task")
+
+
+def _qa(m: Material, rng: np.random.Generator, n: int) -> Turns:
+  """`n` = `data.qa_turns` turns: several turns share one video prefix, so each training token
+  teaches more answers."""
+  if m.ordered:
+    return list(m.qa[:n])
+  return [m.qa[i] for i in rng.permutation(len(m.qa))[:n]]
+
+
+def _caption(m: Material, rng: np.random.Generator, n: int) -> Turns:
+  if not m.captions:
+    return _qa(m, rng, n)
+  return [m.captions[rng.integers(len(m.captions))]]
+
+
+def _mix(m: Material, rng: np.random.Generator, n: int) -> Turns:
+  """A caption or a question, half and half; a conversation without captions: one of its turns."""
+  if not m.captions:
+    return [m.qa[int(rng.integers(len(m.qa)))]]
+  return _caption(m, rng, n) if rng.random() < 0.5 else _qa(m, rng, n)
+
+
+TASKS.register("reconstruction")(Task(None))
+TASKS.register("caption")(Task(_caption))
+TASKS.register("qa")(Task(_qa))
+TASKS.register("mix")(Task(_mix))

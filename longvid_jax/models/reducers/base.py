@@ -1,0 +1,28 @@
+"""The reducer interface: the registry every reducer joins and the value every reducer returns."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import flax.struct
+import jax
+
+from longvid_jax.registry import Registry
+
+REDUCERS = Registry("token reducer")
+
+
+@flax.struct.dataclass
+class Reduced:
+  tokens: jax.Array  # [B,N,C], time-major order
+  mask: jax.Array  # [B,N] bool, True on real tokens
+  losses: dict  # extra scalar training losses (e.g. {"kl": ...}); often empty
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+  """A reducer with an objective of its own, which the AE-pretraining stage optimises."""
+
+  def reconstruction_loss(self, f: jax.Array, deterministic: bool = False
+                          ) -> tuple[jax.Array, dict]:
+    ...

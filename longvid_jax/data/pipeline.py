@@ -143,6 +143,9 @@ def _boundary(reader, rec: records.Record, cfg, num_frames: int, needs: tuple[st
     return single, None
   size = (DETECTOR_HW[1], DETECTOR_HW[0])
   pred = shot_detector(cfg).predict_chunks(c.frames for c in reader.iter_chunks(500, size=size))
+  if len(pred.single) != num_frames:  # the reader's count is what decodes; this is a reader bug
+    raise RecordError(f"{rec.video}: {len(pred.single)} frames decoded but the frame table has "
+                      f"{num_frames}; re-encode the file", "frame_count_mismatch")
   return pred.single, pred.embeddings
 
 

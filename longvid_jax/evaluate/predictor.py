@@ -159,7 +159,11 @@ class Predictor:
         raise ValueError(f"{path}: the window [{start}, {end}) s holds no frames")
       scores = None
       if "scores" in self.sampler.needs:
-        scores = self.shot_scores(path, scores_file)[lo:hi]
+        scores = self.shot_scores(path, scores_file)
+        if len(scores) != info.num_frames:
+          raise ValueError(f"{scores_file or path}: {len(scores)} shot scores but {path} has "
+                           f"{info.num_frames} frames; recompute the scores for this file")
+        scores = scores[lo:hi]
       if "features" in self.sampler.needs:
         raise ValueError(f"sampler {self.sampler_name!r} needs per-frame features; "
                          "use avs, uniform or multirate")

@@ -131,6 +131,22 @@ def test_strict_bad_manifest_line(bad_files, tmp_path):
     pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 1, seed=0)
 
 
+def test_manifest_line_not_utf8_is_a_counted_skip(bad_files, tmp_path, caplog):
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good"])
+  good = m.read_bytes()
+  m.write_bytes(good + b"\xff\xfe bad\n" + good.replace(b'"good"', b'"good2"', 1))
+  got = list(records.read_manifest(m))
+  assert [n for n, _ in got] == [1, 2, 3]
+  assert isinstance(got[1][1], ValueError) and "m.jsonl:2" in str(got[1][1])
+  assert "UTF-8" in str(got[1][1]) and got[2][1].id == "good2"
+  src = pipeline.ManifestSource(_cfg(m), "train", "qa", CharTok(), 3)
+  assert [r.id for r in src.records] == ["good", "good2"]
+  assert dict(src.skips.counts) == {"bad_manifest_line": 1}
+  assert "m.jsonl:2" in caplog.text
+  with pytest.raises(ValueError, match="m.jsonl:2: not valid UTF-8"):
+    pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 1, seed=0)
+
+
 def test_all_bad_is_an_error_not_a_hang(bad_files, tmp_path):
   m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", "good"])
   ds = pipeline.dataset(_cfg(m, decode_timeout=0.0), "qa", CharTok(), 3, 1, seed=0)

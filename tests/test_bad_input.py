@@ -131,8 +131,103 @@ def test_strict_bad_manifest_line(bad_files, tmp_path):
     pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 1, seed=0)
 
 
+def test_manifest_line_not_utf8_is_a_counted_skip(bad_files, tmp_path, caplog):
+  m = _manifest(tmp_path / "m.jsonl", bad_files, ["good"])
+  good = m.read_bytes()
+  m.write_bytes(good + b"\xff\xfe bad\n" + good.replace(b'"good"', b'"good2"', 1))
+  got = list(records.read_manifest(m))
+  assert [n for n, _ in got] == [1, 2, 3]
+  assert isinstance(got[1][1], ValueError) and "m.jsonl:2" in str(got[1][1])
+  assert "UTF-8" in str(got[1][1]) and got[2][1].id == "good2"
+  src = pipeline.ManifestSource(_cfg(m), "train", "qa", CharTok(), 3)
+  assert [r.id for r in src.records] == ["good", "good2"]
+  assert dict(src.skips.counts) == {"bad_manifest_line": 1}
+  assert "m.jsonl:2" in caplog.text
+  with pytest.raises(ValueError, match="m.jsonl:2: not valid UTF-8"):
+    pipeline.dataset(_cfg(m, strict=True), "qa", CharTok(), 3, 1, seed=0)
+
+
 def test_all_bad_is_an_error_not_a_hang(bad_files, tmp_path):
   m = _manifest(tmp_path / "m.jsonl", bad_files, ["good", "good"])
   ds = pipeline.dataset(_cfg(m, decode_timeout=0.0), "qa", CharTok(), 3, 1, seed=0)
   with pytest.raises(ValueError, match=r"every record.*timeout: 1"):
     ds[0]
+
+
+# -- a truncated mp4 whose index (at the front) lists frames past the cut -------------------------
+
+
+@pytest.fixture(scope="module")
+def cut_mp4(tmp_path_factory):
+  d = tmp_path_factory.mktemp("cut")
+  raw = _write_mp4(d / "full.mp4", n=100, faststart=True).read_bytes()
+  (d / "cut.mp4").write_bytes(raw[:int(len(raw) * 0.3)])
+  return d / "cut.mp4"
+
+
+def _decodable(path) -> tuple[int, int, int]:
+  """(frames that decode, packets demuxed, frames the header lists), from PyAV alone: every
+  packet is fed to the decoder and those it rejects are passed over."""
+  with av.open(str(path)) as c:
+    st = c.streams.video[0]
+    frames = packets = 0
+    for p in c.demux(st):
+      packets += p.size > 0
+      try:
+        frames += len(p.decode())
+      except av.error.FFmpegError:
+        pass
+    return frames, packets, st.frames
+
+
+def test_truncated_index_counts_what_decodes(cut_mp4, caplog):
+  n, packets, listed = _decodable(cut_mp4)
+  assert 8 < n < packets < listed == 100  # the index promises more than the file holds
+  with video.VideoReader(cut_mp4) as r:
+    info = r.info
+    last = r.read([n - 1])
+  assert info.num_frames == n and info.truncated
+  assert info.duration == pytest.approx(n / 10)
+  assert "cut.mp4 is truncated" in caplog.text
+  every = video.read_all(cut_mp4)
+  assert len(every) == n
+  np.testing.assert_array_equal(last.frames[0], every.frames[-1])
+  assert not video.probe(_write_mp4(cut_mp4.parent / "whole.mp4", n=12)).truncated
+
+
+def _cli():
+  import argparse
+
+  from longvid_jax.data import shot_commands as commands
+  ap = argparse.ArgumentParser()
+  commands.register(ap.add_subparsers())
+  return ap
+
+
+@pytest.mark.slow  # decode + the real shot detector, through the CLI
+def test_truncated_index_shots_sample_and_pipeline_agree(cut_mp4, tmp_path, capsys):
+  n = _decodable(cut_mp4)[0]
+  args = _cli().parse_args(["shots", str(cut_mp4), "--json"])
+  assert args.func(args) == 0
+  got = json.loads(capsys.readouterr().out)
+  assert got["num_frames"] == len(got["timestamps"]) == n
+  args = _cli().parse_args(["sample", str(cut_mp4), "--k", "8", "--json"])
+  rc = args.func(args)
+  out, err = capsys.readouterr()
+  assert rc == 0, err
+  got = json.loads(out)
+  assert got["num_frames"] == n and len(got["indices"]) == 8 and max(got["indices"]) < n
+  # the Grain pipeline's adaptive sampler scores the same frames it samples from
+  rec = records.Record(id="cut", video=str(cut_mp4), turns=(("Q?", "A"),))
+  m = tmp_path / "m.jsonl"
+  m.write_text(json.dumps(rec.to_json()) + "\n")
+  ds = pipeline.dataset(_cfg(m, sampler="avs"), "qa", CharTok(), 3, 1, seed=0)
+  assert ds[0]["frames"].shape == (1, 3, 8, 8, 3)
+  assert not ds.skips.counts, ds.skips.summary()
+
+
+def test_sample_errors_name_the_video(tmp_path, capsys):
+  path = _write_mp4(tmp_path / "clip.mp4", n=12)
+  args = _cli().parse_args(["sample", str(path), "--k", "0", "--method", "uniform"])
+  assert args.func(args) == 2  # raised by the sampler, which never sees the path
+  assert "clip.mp4" in capsys.readouterr().err

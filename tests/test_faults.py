@@ -119,19 +119,6 @@ def test_no_readable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
   assert checkpoint.manager(tmp_path / "ckpt", every=2).all_steps() == [2, 4]
 
 
-class _WithIds:
-  """A batch iterator whose batches also carry their records' ids (as a manifest source would)."""
-
-  def __init__(self, it, start):
-    self.it, self.batch = it, start
-
-  def __next__(self):
-    b = dict(next(self.it))
-    b["video_id"] = np.array([1000 + 2 * self.batch, 1001 + 2 * self.batch])
-    self.batch += 1
-    return b
-
-
 def _one_stage(**stage):
   c = config_lib.load(RECIPE)
   c.recipe = ("ae_pretrain",)
@@ -140,16 +127,14 @@ def _one_stage(**stage):
 
 
 @pytest.mark.slow
-def test_non_finite_step_stops_or_is_skipped(tmp_path, monkeypatch, caplog):
+def test_non_finite_step_stops_or_is_skipped(tmp_path, caplog):
   caplog.set_level(logging.INFO)  # run.log gets the "resuming" line
   stage = tmp_path / "1_ae_pretrain"
-  real_iterate = pipeline.iterate
-  with monkeypatch.context() as m:
-    m.setattr(pipeline, "iterate", lambda ds, s: _WithIds(real_iterate(ds, s), s))
-    # step 3 is neither logged nor checkpointed: the per-step flag must still catch it
-    with pytest.raises(FloatingPointError, match=r"at step 3 \(records \[1004, 1005\]\).*"
-                       r"checkpoint \(step 2\) is kept"):
-      runner.run(_one_stage(debug_nan_steps=(3,)), tmp_path)
+  # step 3 is neither logged nor checkpointed: the per-step flag must still catch it; the
+  # batch's ids are the pipeline's own (synthetic:<data seed>:<video id>)
+  with pytest.raises(FloatingPointError, match=r"at step 3 \(records \['synthetic:0:\d+', "
+                     r"'synthetic:0:\d+'\]\).*checkpoint \(step 2\) is kept"):
+    runner.run(_one_stage(debug_nan_steps=(3,)), tmp_path)
   assert max(int(p.name) for p in (stage / "checkpoints").iterdir()) == 2  # nothing new
   assert not (stage / "DONE.json").exists()
 
@@ -162,3 +147,17 @@ def test_non_finite_step_stops_or_is_skipped(tmp_path, monkeypatch, caplog):
   assert [(r["step"], r["skipped"], r["loss"] is None) for r in rows] == [
       (1, 0, False), (2, 0, False), (3, 1, True), (4, 1, False)]
   assert np.isfinite(summary["stages"][0]["final_loss"])
+
+
+@pytest.mark.slow
+def test_non_finite_step_before_any_checkpoint(tmp_path):
+  """The stop names the step and the batch's records, and says there is no checkpoint yet."""
+  c = _one_stage(debug_nan_steps=(1,))
+  s = c.stages.ae_pretrain
+  want = pipeline.dataset(c.data, s.task, None, 0, s.batch_size, seed=c.seed)[0]["record_id"]
+  with pytest.raises(FloatingPointError) as e:
+    runner.run(c, tmp_path)
+  msg = str(e.value)
+  assert "at step 1 (records [" in msg
+  assert all(f"'{r}'" in msg for r in want.tolist()) and "'synthetic:0:" in msg
+  assert "there is no checkpoint yet" in msg and "step None" not in msg

@@ -157,7 +157,18 @@ def test_qa_turns_pack_several_answers_per_example(corpus, tmp_path):
 
 def test_reconstruction_batches_have_frames_only(corpus):
   b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]
-  assert set(b) == {"frames"} and b["frames"].shape == (2, 4, 16, 16, 3)
+  assert set(b) == {"frames", "record_id"} and b["frames"].shape == (2, 4, 16, 16, 3)
+
+
+def test_batches_carry_their_record_ids(corpus):
+  """Host-side ids name each row's record: the manifest's id, or the synthetic video."""
+  ds = pipeline.dataset(manifest_cfg(corpus), "qa", CharTok(), 4, 5, seed=2)
+  ids = ds[0]["record_id"].tolist()
+  assert sorted(ids) == ["mc", "r0", "r1", "r2", "r3"]  # one epoch of five records, shuffled
+  cfg = synthetic_cfg()
+  ds = pipeline.dataset(cfg, "reconstruction", None, 0, 3, seed=5)
+  want = grain.MapDataset.source(pipeline.split_ids(cfg, "train")).shuffle(seed=5)
+  assert ds[1]["record_id"].tolist() == [f"synthetic:0:{want[i]}" for i in (3, 4, 5)]
 
 
 def test_scores_drive_the_adaptive_sampler(corpus, tmp_path):

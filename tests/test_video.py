@@ -10,10 +10,10 @@ from longvid_jax.assets import asset
 from longvid_jax.data import video
 
 
-def _write_mp4(path, n=40, fps=10, w=64, h=48, gop=8, bframes=2):
+def _write_mp4(path, n=40, fps=10, w=64, h=48, gop=8, bframes=2, faststart=False):
   """Every frame differs (moving bar + frame-dependent colour); short GOPs and B-frames make
-  seeking non-trivial."""
-  out = av.open(str(path), "w")
+  seeking non-trivial. `faststart` puts the index (which lists every frame) before the data."""
+  out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
   st = out.add_stream("libx264", rate=fps)
   st.width, st.height, st.pix_fmt = w, h, "yuv420p"
   st.codec_context.gop_size = gop

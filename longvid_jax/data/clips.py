@@ -40,6 +40,9 @@ def _boundary(reader, rec: records.Record, cfg, num_frames: int, needs: tuple[st
     return single, None
   pred = shots.predict(rec.video, weights=cfg.detector_weights,
                        mode=cfg.detector_mode, reader=reader)
+  if len(pred.single) != num_frames:  # the reader's count is what decodes; this is a reader bug
+    raise RecordError(f"{rec.video}: {len(pred.single)} frames decoded but the frame table has "
+                      f"{num_frames}; re-encode the file", "frame_count_mismatch")
   return pred.single, pred.embeddings
 
 

@@ -16,6 +16,10 @@ A bad record (missing or corrupt video, bad manifest line, prompt too long, ...)
 counted by reason; its slot takes the next good record in the shuffled order, so batches stay a
 function of (seed, i) and resumption stays exact. `data.strict = True` raises instead.
 
+Every example carries `record_id` (a string: the manifest record's id, or
+"synthetic:<data seed>:<video id>"), so a failing step can name its batch. It is host-side
+metadata: the training loop removes it before the batch goes to the device.
+
 Multi-host: each process builds its `batch_size // process_count` rows of every global batch;
 concatenating the processes' batches in process order gives the single-process batch.
 """
@@ -65,6 +69,14 @@ def video_spec(cfg, video_id: int) -> synthetic.VideoSpec:
 def frame_indices(num_frames: int, k: int) -> np.ndarray:
   """k frames at the centres of k equal segments."""
   return np.minimum(((np.arange(k) + 0.5) * num_frames / k).astype(np.int64), num_frames - 1)
+
+
+RECORD_ID = "record_id"  # batch key of the examples' ids (strings, never sent to the device)
+
+
+def synthetic_id(cfg, video_id: int) -> str:
+  """Names a synthetic video the way `video_spec` derives it, so the id reproduces it."""
+  return f"synthetic:{int(cfg.seed)}:{int(video_id)}"
 
 
 def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.Generator):
@@ -244,7 +256,7 @@ class _Examples(grain.MapDataset):
       if rec.id + "@" + rec.video in src.skips.bad:
         continue
       try:
-        return src.example(i, rng)
+        return {**src.example(i, rng), RECORD_ID: np.asarray(rec.id)}
       except Exception as e:  # noqa: BLE001 - one bad record must not stop the run
         where = f"record {rec.id!r} ({rec.video})"
         if src.strict:
@@ -306,7 +318,9 @@ def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
   if source == "synthetic":
     ids = split_ids(cfg, split)
     ds = grain.MapDataset.source(ids).shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(lambda vid, rng: example(cfg, task, tok, num_visual, vid, rng), seed=seed)
+    ds = ds.random_map(lambda vid, rng: {**example(cfg, task, tok, num_visual, vid, rng),
+                                         RECORD_ID: np.asarray(synthetic_id(cfg, vid))},
+                       seed=seed)
   elif source == "manifest":
     src = ManifestSource(cfg, split, task, tok, num_visual, encoder_fingerprint)
     skips = src.skips

@@ -113,13 +113,22 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> int:
 
 def read_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Record | ValueError]]:
   """(line number, record) per non-empty line; a bad line yields a ValueError naming it
-  instead of a record, so callers decide between skipping and raising."""
+  instead of a record, so callers decide between skipping and raising.
+
+  Lines are read as bytes and decoded one by one, so a line that is not UTF-8 is one bad line
+  rather than an error that stops the whole file."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"manifest {path} does not exist")
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield lineno, ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start} is "
+                                 f"{raw[e.start]:#04x}); write the manifest as UTF-8")
         continue
       try:
         yield lineno, Record.from_json(json.loads(line), root=path.parent)

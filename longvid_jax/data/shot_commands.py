@@ -49,8 +49,10 @@ def _detect(args):
                        progress=n >= PROGRESS_MIN_FRAMES, batch_windows=args.batch_windows)
 
 
-def _fail(err: Exception) -> int:
-  print(f"error: {err}", file=sys.stderr)
+def _fail(err: Exception, path: str) -> int:
+  """Every error names the video, also those raised where the path is not known."""
+  msg = str(err)
+  print(f"error: {msg if path in msg else f'{path}: {msg}'}", file=sys.stderr)
   return 2
 
 
@@ -58,7 +60,7 @@ def shots_command(args) -> int:
   try:
     pred = _detect(args)
   except (FileNotFoundError, ValueError) as e:
-    return _fail(e)
+    return _fail(e, args.video)
   scenes = pred.scenes(args.threshold)
   ts = pred.timestamps
   if args.json:
@@ -98,7 +100,7 @@ def sample_command(args) -> int:
       if args.plot:
         _plot(args.plot, reader, pred, idx, args)
   except (FileNotFoundError, ValueError, KeyError) as e:
-    return _fail(e)
+    return _fail(e, args.video)
   if args.json:
     json.dump({"method": args.method, "k": args.k, "num_frames": n,
                "indices": idx.tolist(), "timestamps": [round(float(t), 6) for t in stamps]},

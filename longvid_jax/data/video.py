@@ -14,6 +14,12 @@ interrupt, so a file that stalls or decodes forever raises `VideoTimeout` instea
 worker. Only regular files are opened (a FIFO would block in open(2), before any timeout can act).
 Every `VideoError` has a short `reason` ("corrupt", "no_frames", ...) for skip statistics.
 
+Truncated files: a file cut short (a partial download, a `faststart` mp4 whose index lists frames
+past the cut) has packets that cannot decode. Packets cut off by the end of the file are dropped,
+and when any are (or the header lists more frames than the file holds) the frame table is rebuilt
+from one decoding pass, so `num_frames` is what decodes; `info.truncated` says so and a warning
+names the file. Every consumer (shot detection, samplers, evaluation) then agrees on one count.
+
 A folder of frame images (`FrameFolder`) reads like a video; `open_video` picks the right reader.
 """
 
@@ -23,6 +29,7 @@ import dataclasses
 import fractions
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -34,6 +41,9 @@ from typing import Any, Iterator, Sequence
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+log = logging.getLogger(__name__)
+_warned_truncated: set[str] = set()  # one warning per file and process, not one per open
 
 Size = tuple[int, int]  # (width, height), the order ffmpeg and PyAV use
 
@@ -69,6 +79,7 @@ class VideoInfo:
   width: int
   height: int
   codec: str
+  truncated: bool = False  # the file is cut short; num_frames counts the frames that decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +116,8 @@ class VideoReader:
     self._pts: np.ndarray | None = None  # presentation timestamps, sorted
     self._key_pts: np.ndarray | None = None  # keyframe pts, sorted
     self._info: VideoInfo | None = None
+    self._size = os.path.getsize(self.path)
+    self.truncated = False  # set by the frame table when the file is cut short
 
   # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -176,19 +189,34 @@ class VideoReader:
         duration = float(self._container.duration or 0) / av.time_base
       if fps <= 0 and duration > 0:
         fps = n / duration
+      if self.truncated and fps > 0:
+        duration = min(duration, n / fps)  # the header's duration includes the missing frames
       cc = self._stream.codec_context
-      self._info = VideoInfo(self.path, n, fps, duration, cc.width, cc.height, cc.name)
+      self._info = VideoInfo(self.path, n, fps, duration, cc.width, cc.height, cc.name,
+                             self.truncated)
     return self._info
+
+  def _incomplete(self, packet: av.Packet) -> bool:
+    """A packet cut off by the end of the file: it cannot decode, so it is not a frame."""
+    if packet.is_corrupt:  # the demuxer read fewer bytes than the index promised
+      return True
+    pos = packet.pos
+    return pos is not None and pos >= 0 and pos + packet.size > self._size
 
   def _table(self) -> np.ndarray:
     """Sorted presentation timestamps of every frame, from packets; raises if there are none."""
     if self._pts is None:
-      pts, keys, missing = [], [], False
+      pts, keys, missing, seen, dropped = [], [], False, 0, 0
       try:
         self._rewind()
         for packet in self._container.demux(self._stream):
           self._check_clock()
+          if packet.size or packet.pos is not None:  # not the end-of-stream flush packet
+            seen += 1
           if packet.size == 0 or packet.is_discard:
+            continue
+          if self._incomplete(packet):
+            dropped += 1
             continue
           if packet.pts is None:
             missing = True
@@ -201,9 +229,18 @@ class VideoReader:
         raise VideoTimeout(f"{self.path}: reading timed out") from None
       except av.error.FFmpegError as e:
         raise VideoError(f"{self.path}: the container is corrupt ({e})") from None
-      if missing:  # raw streams without timestamps: count by decoding once
-        pts = [f.pts if f.pts is not None else i for i, f in enumerate(self._decode_from(None))]
-        keys = pts[:1]
+      listed = self._stream.frames or 0  # the header's count (0: the container does not say)
+      self.truncated = bool(dropped) or (not missing and listed > seen)
+      if missing or self.truncated:  # count by decoding once: what decodes is what there is
+        decoded = [f.pts if f.pts is not None else i
+                   for i, f in enumerate(self._decode_from(None))]
+        if self.truncated and decoded and self.path not in _warned_truncated:
+          _warned_truncated.add(self.path)
+          log.warning("%s is truncated: %d frames decode of the %d the file lists; using %d "
+                      "(re-download or re-encode the file to get them all)", self.path,
+                      len(decoded), max(listed, seen), len(decoded))
+        kept = set(decoded)
+        pts, keys = decoded, ([] if missing else [k for k in keys if k in kept])
       if not pts or next(self._decode_from(None), None) is None:
         raise VideoError(
             f"{self.path}: the video stream has no decodable frames (empty or truncated file)",
@@ -238,10 +275,21 @@ class VideoReader:
         except av.error.FFmpegError:  # not seekable: decode from the start instead
           self._rewind()
         self._used = True
-      for frame in self._container.decode(self._stream):
-        self._check_clock()
-        decoded += 1
-        yield frame
+      for packet in self._container.demux(self._stream):
+        if packet.size and self._incomplete(packet):
+          continue
+        try:
+          frames = packet.decode()
+        except av.error.ExitError:
+          raise
+        except av.error.FFmpegError:
+          if not self.truncated:
+            raise
+          continue  # a cut-off file: the frame table holds only what decodes
+        for frame in frames:
+          self._check_clock()
+          decoded += 1
+          yield frame
     except av.error.ExitError:
       self._check_clock()
       raise VideoTimeout(f"{self.path}: reading timed out") from None

@@ -58,12 +58,9 @@ def register(subparsers) -> None:
 def make_benchmark_command(args) -> int:
   from longvid_jax.data import longvideo
   if args.from_config:
-    if pathlib.Path(args.from_config).is_dir():  # a run's workdir: the config it trained with
-      from longvid_jax import runs
-      cfg = runs.open_run(args.from_config).config
-    else:
-      from longvid_jax import config as config_lib
-      cfg = config_lib.load(args.from_config)
+    from longvid_jax import config as config_lib
+    src = pathlib.Path(args.from_config)  # a run's workdir means the config it trained with
+    cfg = config_lib.from_json(src / "config.json") if src.is_dir() else config_lib.load(src)
     path = longvideo.export_synthetic(cfg.data, args.split, args.out_dir, args.limit)
     print(f"{args.split}: {path}")
     return 0

@@ -118,10 +118,8 @@ def make_train_step(model: VideoLLM, kind: str, tx: optax.GradientTransformation
 
 def _batch_ids(batch: dict) -> list | None:
   """Pop the record ids a batch carries (they stay on the host; the step never sees them)."""
-  for key in ID_KEYS:
-    if key in batch:
-      return np.asarray(batch.pop(key)).reshape(-1).tolist()
-  return None
+  found = [np.asarray(batch.pop(key)).reshape(-1).tolist() for key in ID_KEYS if key in batch]
+  return found[0] if found else None
 
 
 def _poison(batch: dict) -> dict:
@@ -190,10 +188,13 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
       log.warning("stage %s: non-finite loss or gradients at %s; update skipped", name, which)
       return
     checkpoint.wait(mngr)
+    last = mngr.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {ckpt_dir}" if last is not None
+            else f"there is no checkpoint yet in {ckpt_dir} (a rerun starts the stage over)")
     raise FloatingPointError(
         f"stage {name}: non-finite loss or gradients at {which}; the update was not applied and "
-        f"the last good checkpoint (step {mngr.latest_step()}) is kept in {ckpt_dir}. Lower the "
-        f"learning rate, inspect that batch, or set stages.{name}.nan_policy='skip'.")
+        f"{kept}. Lower the learning rate, inspect that batch, or set "
+        f"stages.{name}.nan_policy='skip'.")
 
   pending = None
   status, step = "done", start

@@ -212,17 +212,18 @@ def test_unknown_architecture_names_file(saved):
     hf.import_llm(saved)
 
 
-def test_sliding_window_rejected(tmp_path):
-  c = transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                               intermediate_size=64, vocab_size=50, use_sliding_window=True,
-                               sliding_window=16, max_window_layers=0)
-  with pytest.raises(ValueError, match="sliding-window"):
+def test_sliding_layers_without_window_rejected(tmp_path):
+  """layer_types asks for sliding layers while use_sliding_window is off: transformers has no
+  window to apply either, so the import refuses rather than guessing."""
+  c = transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                               num_hidden_layers=2, intermediate_size=64, vocab_size=50,
+                               layer_types=["full_attention", "sliding_attention"])
+  with pytest.raises(ValueError, match="use_sliding_window"):
     LLMConfig.from_hf(c)
   d = c.to_dict()
-  d["use_sliding_window"] = True
   d["architectures"] = ["Qwen2ForCausalLM"]
   (tmp_path / "config.json").write_text(json.dumps(d))
-  with pytest.raises(ValueError, match=r"config\.json.*sliding-window"):
+  with pytest.raises(ValueError, match=r"config\.json.*use_sliding_window"):
     hf.import_llm(tmp_path)
 
 

@@ -46,10 +46,11 @@ def hf_model(family: str, seed: int = 0, **kw) -> transformers.PreTrainedModel:
   base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               max_position_embeddings=256)
   base.update(kw)
-  if family == "qwen2":
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
-  else:
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+  config_cls, model_cls = {
+      "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+      "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+      "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM)}[family]
+  model = model_cls(config_cls(**base))
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():

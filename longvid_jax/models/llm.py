@@ -1,4 +1,4 @@
-"""Decoder-only language model of the Llama / Qwen2 family (RMSNorm, RoPE, GQA, SwiGLU).
+"""Decoder-only language model of the Llama / Qwen2 / Qwen3 family (RMSNorm, RoPE, GQA, SwiGLU).
 
 Parameter names follow the Hugging Face layout (`layers_i/self_attn/q_proj`, ...) so checkpoint
 conversion is a name map, not a rewrite. Weights and activations only name their logical axes;
@@ -21,7 +21,8 @@ import numpy as np
 Array = jax.Array
 
 
-_HF_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+_HF_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -103,8 +104,9 @@ def _check_rope_scaling(p: Mapping[str, Any], head_dim: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-  """Shape of a Llama / Qwen2 decoder. The family follows from `qkv_bias`: Qwen2 always has
-  q/k/v biases and Llama never does, so the two are the same network otherwise."""
+  """Shape of a Llama / Qwen2 / Qwen3 decoder. The family follows from two switches: Qwen2
+  always has q/k/v biases, Qwen3 never does but RMS-normalises each q/k head before RoPE, and
+  Llama has neither; the networks are the same otherwise."""
 
   vocab_size: int = 49152
   hidden_size: int = 576
@@ -117,6 +119,7 @@ class LLMConfig:
   rms_eps: float = 1e-5
   tie_embeddings: bool = True
   qkv_bias: bool = False  # Qwen2 has q/k/v biases, Llama does not
+  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on every q and k head, before RoPE
   max_position: int = 8192
   dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators)
   param_dtype: str = "float32"  # master weights stay fp32 when compute is bf16
@@ -135,6 +138,8 @@ class LLMConfig:
 
   @property
   def family(self) -> str:
+    if self.qk_norm:
+      return "qwen3"
     return "qwen2" if self.qkv_bias else "llama"
 
   @property
@@ -159,6 +164,9 @@ class LLMConfig:
           isinstance(w, bool) or not isinstance(w, int) or w < 1):
         raise ValueError(f"sliding_window={w!r} must be a positive integer when layer_types has "
                          "sliding_attention layers")
+    if self.qk_norm and self.qkv_bias:
+      raise ValueError("qk_norm with qkv_bias matches no supported family (Qwen3 has no q/k/v "
+                       "biases); set qkv_bias false")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
@@ -180,14 +188,14 @@ class LLMConfig:
     if model_type not in _HF_ARCH:
       archs = c.get("architectures") or []
       raise ValueError(f"unsupported model_type {model_type!r} (architectures {archs}); this "
-                       f"decoder covers {sorted(_HF_ARCH)} (Qwen2ForCausalLM, LlamaForCausalLM)")
+                       f"decoder covers {sorted(_HF_ARCH)} ({', '.join(_HF_ARCH.values())})")
     n_layers = c["num_hidden_layers"]
     layer_types, window = c.get("layer_types"), None
     if layer_types is not None and (not isinstance(layer_types, list)
                                     or len(layer_types) != n_layers):
       raise ValueError(f"layer_types={layer_types!r} must list one type per layer "
                        f"({n_layers} layers)")
-    if model_type == "qwen2":  # Qwen2Config's rules: the window only counts when enabled
+    if model_type in ("qwen2", "qwen3"):  # their configs' rules: the window counts if enabled
       window = c.get("sliding_window", 4096) if c.get("use_sliding_window") else None
       if layer_types is None:
         first = c.get("max_window_layers", 28)
@@ -205,6 +213,9 @@ class LLMConfig:
       raise ValueError(f"hidden_act={c['hidden_act']!r} is not supported; expected 'silu'")
     if model_type == "llama" and (c.get("attention_bias") or c.get("mlp_bias")):
       raise ValueError("Llama configs with attention_bias or mlp_bias are not supported")
+    if model_type == "qwen3" and c.get("attention_bias"):
+      raise ValueError("attention_bias=true is not supported for Qwen3; only bias-free "
+                       "projections")
     # transformers reads rope_scaling first, then rope_parameters; rope_theta may sit outside
     rope = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})
     theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
@@ -217,7 +228,7 @@ class LLMConfig:
                                                         rope.get("type", "default")) == "default":
       rope = {}
     n_heads = c["num_attention_heads"]
-    head_dim = c.get("head_dim")
+    head_dim = c.get("head_dim", 128) if model_type == "qwen3" else c.get("head_dim")
     if head_dim == c["hidden_size"] // n_heads:
       head_dim = None
     return cls(
@@ -226,12 +237,13 @@ class LLMConfig:
         num_heads=n_heads, num_kv_heads=c.get("num_key_value_heads") or n_heads,
         head_dim=head_dim, rope_theta=float(theta), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),  # both classes default to untied
-        qkv_bias=model_type == "qwen2",
+        qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
         max_position=int(c.get("max_position_embeddings", 8192)), dtype=dtype,
         rope_scaling=rope, sliding_window=window, layer_types=tuple(layer_types))
 
   def to_hf(self) -> dict[str, Any]:
-    """config.json contents that transformers loads as Qwen2ForCausalLM / LlamaForCausalLM."""
+    """config.json contents that transformers loads as Qwen2ForCausalLM / LlamaForCausalLM /
+    Qwen3ForCausalLM."""
     c = {
         "architectures": [_HF_ARCH[self.family]], "model_type": self.family,
         "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
@@ -253,7 +265,9 @@ class LLMConfig:
                          "cannot express; use full_attention for the llama family")
       c.update(head_dim=self.dim_per_head, attention_bias=False, mlp_bias=False)
     else:
-      if self.head_dim not in (None, self.hidden_size // self.num_heads):
+      if self.family == "qwen3":
+        c.update(head_dim=self.dim_per_head, attention_bias=False)
+      elif self.head_dim not in (None, self.hidden_size // self.num_heads):
         raise ValueError("Qwen2 configs in transformers cannot express head_dim != "
                          "hidden_size // num_heads")
       if not sliding:
@@ -422,9 +436,14 @@ class Attention(nn.Module):
     q = _dense(cfg.num_heads * hd, ("embed", "heads"), cfg.qkv_bias, cfg, "q_proj")(x)
     k = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, cfg, "k_proj")(x)
     v = _dense(cfg.num_kv_heads * hd, ("embed", "kv"), cfg.qkv_bias, cfg, "v_proj")(x)
+    q, k = q.reshape(b, t, cfg.num_heads, hd), k.reshape(b, t, cfg.num_kv_heads, hd)
+    if cfg.qk_norm:
+      dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+      q = RMSNorm(cfg.rms_eps, dt, pdt, name="q_norm")(q)
+      k = RMSNorm(cfg.rms_eps, dt, pdt, name="k_norm")(k)
     inv_freq, scale = rope_inv_freq(cfg, positions)
-    q = apply_rope(q.reshape(b, t, cfg.num_heads, hd), positions, inv_freq, scale)
-    k = apply_rope(k.reshape(b, t, cfg.num_kv_heads, hd), positions, inv_freq, scale)
+    q = apply_rope(q, positions, inv_freq, scale)
+    k = apply_rope(k, positions, inv_freq, scale)
     v = v.reshape(b, t, cfg.num_kv_heads, hd)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
     if kv is not None:

@@ -168,3 +168,11 @@ def test_unsupported_rope_refused_at_import(params, field, tmp_path):
   with pytest.raises(ValueError, match=rf"config\.json: rope_scaling\.{field}") as e:
     hf.import_llm(tmp_path)
   assert "\n" not in str(e.value)
+
+
+def test_malformed_rope_parameters_refused(tmp_path):
+  c = rope_model("llama", "default").config.to_dict()
+  c["rope_parameters"] = "yarn"
+  (tmp_path / "config.json").write_text(json.dumps(c))
+  with pytest.raises(ValueError, match=r"config\.json: rope_parameters='yarn'"):
+    hf.import_llm(tmp_path)

@@ -129,3 +129,16 @@ def test_llama_refuses_sliding_layers():
     cfg.to_hf()
   with pytest.raises(ValueError, match="sliding_window"):
     dataclasses.replace(cfg, sliding_window=None)
+
+
+@pytest.mark.parametrize("field,value", [("sliding_window", "8"), ("max_window_layers", "1"),
+                                         ("layer_types", [SLIDING])])
+def test_malformed_window_fields_refused_at_import(field, value, tmp_path):
+  c = window_model(max_window_layers=1).config.to_dict()
+  if field == "max_window_layers":
+    del c["layer_types"]  # max_window_layers only counts when layer_types is absent
+  c[field] = value
+  (tmp_path / "config.json").write_text(json.dumps(c))
+  with pytest.raises(ValueError, match=rf"config\.json: {field}=") as e:
+    hf.import_llm(tmp_path)
+  assert "\n" not in str(e.value)

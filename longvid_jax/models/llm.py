@@ -129,7 +129,7 @@ class LLMConfig:
   # transformers' rope_parameters minus rope_theta, as sorted (key, value) pairs (a dict is
   # accepted): () or rope_type default | linear | dynamic | yarn | llama3
   rope_scaling: Any = ()
-  sliding_window: int | None = None  # keys within this many slots of the query (sliding layers)
+  sliding_window: int | None = None  # sliding layers see keys < this many slots back (self incl.)
   layer_types: tuple[str, ...] = ()  # per layer full_attention | sliding_attention; () all full
 
   @property
@@ -199,6 +199,8 @@ class LLMConfig:
       window = c.get("sliding_window", 4096) if c.get("use_sliding_window") else None
       if layer_types is None:
         first = c.get("max_window_layers", 28)
+        if isinstance(first, bool) or not isinstance(first, int):
+          raise ValueError(f"max_window_layers={first!r} must be an integer")
         layer_types = ["sliding_attention" if window is not None and i >= first
                        else "full_attention" for i in range(n_layers)]
       if "sliding_attention" in layer_types and window is None:
@@ -217,7 +219,10 @@ class LLMConfig:
       raise ValueError("attention_bias=true is not supported for Qwen3; only bias-free "
                        "projections")
     # transformers reads rope_scaling first, then rope_parameters; rope_theta may sit outside
-    rope = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})
+    rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
+    if not isinstance(rope, Mapping):
+      raise ValueError(f"rope_parameters={rope!r} must be an object of rope settings")
+    rope = dict(rope)
     theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
     if rope.get("rope_type", rope.get("type", "default")) in ("yarn", "llama3"):
       if "original_max_position_embeddings" in c:  # top-level wins, as in transformers

@@ -46,10 +46,11 @@ def hf_model(family: str, seed: int = 0, **kw) -> transformers.PreTrainedModel:
   base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               max_position_embeddings=256)
   base.update(kw)
-  if family == "qwen2":
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
-  else:
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+  config_cls, model_cls = {
+      "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+      "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+      "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM)}[family]
+  model = model_cls(config_cls(**base))
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -212,17 +213,18 @@ def test_unknown_architecture_names_file(saved):
     hf.import_llm(saved)
 
 
-def test_sliding_window_rejected(tmp_path):
-  c = transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                               intermediate_size=64, vocab_size=50, use_sliding_window=True,
-                               sliding_window=16, max_window_layers=0)
-  with pytest.raises(ValueError, match="sliding-window"):
+def test_sliding_layers_without_window_rejected(tmp_path):
+  """layer_types asks for sliding layers while use_sliding_window is off: transformers has no
+  window to apply either, so the import refuses rather than guessing."""
+  c = transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                               num_hidden_layers=2, intermediate_size=64, vocab_size=50,
+                               layer_types=["full_attention", "sliding_attention"])
+  with pytest.raises(ValueError, match="use_sliding_window"):
     LLMConfig.from_hf(c)
   d = c.to_dict()
-  d["use_sliding_window"] = True
   d["architectures"] = ["Qwen2ForCausalLM"]
   (tmp_path / "config.json").write_text(json.dumps(d))
-  with pytest.raises(ValueError, match=r"config\.json.*sliding-window"):
+  with pytest.raises(ValueError, match=r"config\.json.*use_sliding_window"):
     hf.import_llm(tmp_path)
 
 

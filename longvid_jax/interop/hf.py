@@ -41,7 +41,7 @@ def read_config(path: pathlib.Path, dtype: str = "float32") -> LLMConfig:
   if not isinstance(c, dict):
     raise ValueError(f"{file} must hold a JSON object, not {type(c).__name__}")
   archs = c.get("architectures") or []
-  known = {"Qwen2ForCausalLM", "LlamaForCausalLM"}
+  known = {"Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM"}
   if not isinstance(archs, list):
     raise ValueError(f"{file}: 'architectures' must be a list of class names, got {archs!r}")
   if archs and not set(map(str, archs)) & known:

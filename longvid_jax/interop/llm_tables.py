@@ -1,7 +1,7 @@
 """Name maps between our decoder params and Hugging Face / GGUF tensors, one table per format.
 
-Qwen2 and Llama share one table: Qwen2's q/k/v biases are rules that simply find nothing to
-convert in a Llama checkpoint. Family differences live in small hooks (GGUF's rotary layout).
+Llama, Qwen2 and Qwen3 share one table: Qwen2's q/k/v biases and Qwen3's q/k norms are rules
+that simply find nothing to convert in the other families' checkpoints. Family differences live in small hooks (GGUF's rotary layout).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ HF_RULES: list[Rule] = [
       for p in _ATTN[:3]],
     *[Rule(f"layers_{{i}}/mlp/{p}/kernel", f"model.layers.{{i}}.mlp.{p}.weight",
            transpose, transpose) for p in _MLP],
+    *[Rule(f"layers_{{i}}/self_attn/{p}/weight", f"model.layers.{{i}}.self_attn.{p}.weight")
+      for p in ("q_norm", "k_norm")],
     Rule("layers_{i}/input_layernorm/weight", "model.layers.{i}.input_layernorm.weight"),
     Rule("layers_{i}/post_attention_layernorm/weight",
          "model.layers.{i}.post_attention_layernorm.weight"),

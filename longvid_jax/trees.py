@@ -18,6 +18,13 @@ def strip_boxes(tree):
                       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
+def param_shapes(module: nn.Module, *example, **kwargs) -> dict:
+  """The unboxed param tree (ShapeDtypeStructs) `module.init(key, *example)` would make,
+  without allocating it."""
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *example, **kwargs))
+  return strip_boxes(shapes["params"])
+
+
 def flat(tree: Mapping) -> dict[str, Any]:
   return traverse_util.flatten_dict(strip_boxes(dict(tree)), sep="/")
 

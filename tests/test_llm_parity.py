@@ -110,17 +110,22 @@ def test_config_round_trip():
     assert LLMConfig.from_hf(cfg.to_hf()) == cfg
 
 
+def assert_same_tensors(a_dir, b_dir):
+  """Two checkpoint directories hold the same tensor names, dtypes and bits."""
+  a = safetensors.numpy.load_file(a_dir / "model.safetensors")
+  b = safetensors.numpy.load_file(b_dir / "model.safetensors")
+  assert a.keys() == b.keys()
+  for k in a:
+    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
 @pytest.mark.parametrize("name", ["qwen2_gqa4_untied", "llama_gqa8_tied_headdim"])
 def test_hf_ours_hf_round_trip_is_exact(name, tmp_path):
   family, kw = CONFIGS[name]
   hf_model(family, **kw).save_pretrained(tmp_path / "in")
   params, cfg, _ = hf.import_llm(tmp_path / "in")
   hf.export_llm(params, cfg, tmp_path / "out")
-  a = safetensors.numpy.load_file(tmp_path / "in" / "model.safetensors")
-  b = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
-  assert a.keys() == b.keys()
-  for k in a:
-    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+  assert_same_tensors(tmp_path / "in", tmp_path / "out")
 
 
 @pytest.mark.parametrize("family,arch", [("qwen2", "Qwen2ForCausalLM"),

@@ -12,6 +12,7 @@ from longvid_jax.models.llm import DecoderLM, LLMConfig
 from longvid_jax.models.mllm import VideoLLM, lm_loss
 from longvid_jax.models.projector import MLPProjector
 from longvid_jax.models.reducers.svc import SVC
+from test_pipeline import CharTok  # pylint: disable=g-bad-import-order
 
 VID = 99
 
@@ -85,21 +86,8 @@ def test_lm_loss_counts_answer_tokens_only():
   np.testing.assert_allclose(lm_loss(logits, other, mask)[0], loss, rtol=1e-6)
 
 
-class _CharTok:
-  """A transparent stand-in tokenizer: one id per character, ChatML-like template."""
-  video_token_id = 1000
-  pad_id = 0
-
-  def encode(self, text):
-    return [ord(c) for c in text]
-
-  def apply_chat_template(self, messages, add_generation_prompt):
-    s = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
-    return s + ("<assistant>" if add_generation_prompt else "")
-
-
 def test_prompt_expands_placeholder_and_masks_answer():
-  tok = _CharTok()
+  tok = CharTok()
   ex = prompts.encode_example(tok, "What?", "red", num_visual=5, seq_len=64)
   ids = ex["input_ids"][ex["attention_mask"] == 1]
   assert (ids == tok.video_token_id).sum() == 5
@@ -112,7 +100,7 @@ def test_prompt_expands_placeholder_and_masks_answer():
 
 
 def test_query_mask_covers_the_question_and_never_the_answer():
-  tok = _CharTok()
+  tok = CharTok()
   ex = prompts.encode_example(tok, "Which?", "red", num_visual=3, seq_len=64)
   query = "".join(chr(i) for i in ex["input_ids"][ex["query_mask"] == 1])
   assert query == "\nWhich?</><assistant>"  # after the placeholders, up to the answer
@@ -121,7 +109,7 @@ def test_query_mask_covers_the_question_and_never_the_answer():
 
 
 def test_conversation_trains_every_answer_and_starts_like_one_turn():
-  tok = _CharTok()
+  tok = CharTok()
   turns = [("Colour?", "red"), ("Shape?", "a square"), ("Count?", "two")]
   ex = prompts.encode_conversation(tok, turns, num_visual=3, seq_len=160, system="Hi.")
   n = int(ex["attention_mask"].sum())
@@ -144,7 +132,7 @@ def test_conversation_trains_every_answer_and_starts_like_one_turn():
 
 
 def test_conversation_refuses_a_template_that_rewrites_earlier_turns():
-  class Forgetful(_CharTok):  # renders only the newest user turn, as some templates do
+  class Forgetful(CharTok):  # renders only the newest user turn, as some templates do
     def apply_chat_template(self, messages, add_generation_prompt):
       last = max(i for i, m in enumerate(messages) if m["role"] == "user")
       return super().apply_chat_template(messages[last:], add_generation_prompt)

@@ -11,14 +11,13 @@ import json
 
 import numpy as np
 import pytest
-import safetensors.numpy
 import torch
 import transformers
 
 from longvid_jax.interop import hf
 from longvid_jax.models import generate as gen
 from longvid_jax.models.llm import DecoderLM, LLMConfig
-from test_llm_parity import batch, hf_logits, hf_model, max_diff_on_real, our_logits  # pylint: disable=g-bad-import-order
+from test_llm_parity import assert_same_tensors, batch, hf_logits, hf_model, max_diff_on_real, our_logits  # pylint: disable=g-bad-import-order
 from test_rope_scaling import hf_greedy, long_batch  # pylint: disable=g-bad-import-order
 
 TOL = 1e-4
@@ -54,11 +53,7 @@ def test_qwen3_matches_transformers(name, tmp_path):
     assert diff < TOL, f"{name}: max abs logit diff {diff}"
 
   hf.export_llm(params, cfg, tmp_path / "out")
-  a = safetensors.numpy.load_file(tmp_path / "in" / "model.safetensors")
-  b = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
-  assert a.keys() == b.keys()
-  for k in a:
-    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+  assert_same_tensors(tmp_path / "in", tmp_path / "out")
   written = json.loads((tmp_path / "out" / "config.json").read_text())
   assert LLMConfig.from_hf(written) == cfg
   loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",

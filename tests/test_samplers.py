@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import av
 import jax
 import numpy as np
 import pytest
 
 from longvid_jax.sampling import samplers as S
+from test_video import encode_mp4  # pylint: disable=g-bad-import-order
 
 
 def _peaks(scores, window):
@@ -191,17 +191,8 @@ def test_bad_inputs():
 
 def test_sample_command_uniform_json(tmp_path, capsys):
   from longvid_jax.data import shot_commands as commands
-  path = tmp_path / "c.mp4"
-  out = av.open(str(path), "w")
-  st = out.add_stream("libx264", rate=10)
-  st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
-  for i in range(30):
-    img = np.full((32, 32, 3), i * 8, np.uint8)
-    for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-      out.mux(p)
-  for p in st.encode():
-    out.mux(p)
-  out.close()
+  grey = np.broadcast_to(np.arange(30, dtype=np.uint8)[:, None, None, None] * 8, (30, 32, 32, 3))
+  path = encode_mp4(tmp_path / "c.mp4", grey, fps=10)
   ap = argparse.ArgumentParser()
   commands.register(ap.add_subparsers())
   args = ap.parse_args(["sample", str(path), "--k", "4", "--method", "uniform", "--json"])

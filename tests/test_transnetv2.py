@@ -8,7 +8,6 @@ import itertools
 import json
 import sys
 
-import av
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from longvid_jax.assets import asset  # noqa: E402
 from longvid_jax.data import video  # noqa: E402
 from longvid_jax.interop import transnetv2 as conv  # noqa: E402
 from longvid_jax.sampling import transnetv2 as tn  # noqa: E402
+from test_video import encode_mp4  # noqa: E402  pylint: disable=g-bad-import-order
 
 TOL = 1e-4  # max abs difference of probabilities (fp32 both sides; measured ~2e-7)
 
@@ -158,18 +158,8 @@ def test_streamed_video_matches_reference(ref_model, clip_frames):
 
 @pytest.fixture(scope="module")
 def short_mp4(tmp_path_factory, clip_frames):
-  path = tmp_path_factory.mktemp("tn") / "short.mp4"
-  out = av.open(str(path), "w")
-  st = out.add_stream("libx264", rate=25)
-  st.width, st.height, st.pix_fmt = 96, 54, "yuv420p"
   src = video.read_frames(asset("cuts_video"), np.arange(40, 130), size=(96, 54)).frames
-  for img in src:
-    for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-      out.mux(p)
-  for p in st.encode():
-    out.mux(p)
-  out.close()
-  return path
+  return encode_mp4(tmp_path_factory.mktemp("tn") / "short.mp4", src, fps=25)
 
 
 def _cli():

@@ -10,26 +10,36 @@ from longvid_jax.assets import asset
 from longvid_jax.data import video
 
 
-def _write_mp4(path, n=40, fps=10, w=64, h=48, gop=8, bframes=2, faststart=False):
-  """Every frame differs (moving bar + frame-dependent colour); short GOPs and B-frames make
-  seeking non-trivial. `faststart` puts the index (which lists every frame) before the data."""
+def encode_mp4(path, frames, fps=10, gop=None, bframes=None, faststart=False, crf=None):
+  """Write RGB frames[T,H,W,3] as H.264 (yuv420p); returns the path."""
   out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
   st = out.add_stream("libx264", rate=fps)
-  st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-  st.codec_context.gop_size = gop
-  st.codec_context.max_b_frames = bframes
-  st.codec_context.options = {"crf": "10"}
-  for i in range(n):
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 0] = (i * 6) % 256
-    img[:, (i * 3) % w:(i * 3) % w + 6, 1] = 255
-    img[(i * 2) % h:(i * 2) % h + 4, :, 2] = 200
-    for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+  st.height, st.width = np.shape(frames)[1:3]
+  st.pix_fmt = "yuv420p"
+  if gop is not None:
+    st.codec_context.gop_size = gop
+  if bframes is not None:
+    st.codec_context.max_b_frames = bframes
+  if crf is not None:
+    st.codec_context.options = {"crf": str(crf)}
+  for img in frames:
+    for p in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
       out.mux(p)
   for p in st.encode():
     out.mux(p)
   out.close()
   return path
+
+
+def _write_mp4(path, n=40, fps=10, w=64, h=48, gop=8, bframes=2, faststart=False):
+  """Every frame differs (moving bar + frame-dependent colour); short GOPs and B-frames make
+  seeking non-trivial. `faststart` puts the index (which lists every frame) before the data."""
+  frames = np.zeros((n, h, w, 3), np.uint8)
+  for i in range(n):
+    frames[i, ..., 0] = (i * 6) % 256
+    frames[i, :, (i * 3) % w:(i * 3) % w + 6, 1] = 255
+    frames[i, (i * 2) % h:(i * 2) % h + 4, :, 2] = 200
+  return encode_mp4(path, frames, fps, gop, bframes, faststart, crf=10)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,21 @@ def model_dir(source: str | os.PathLike) -> pathlib.Path:
         "holding config.json and *.safetensors") from None
 
 
+def read_config(root: pathlib.Path) -> dict:
+  """The JSON object in a checkpoint directory's config.json, with one clear error when it is
+  missing or not an object."""
+  file = pathlib.Path(root) / "config.json"
+  if not file.exists():
+    raise FileNotFoundError(f"{file} is missing; a Hugging Face checkpoint directory needs one")
+  try:
+    c = json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file} is not valid JSON: {e}") from None
+  if not isinstance(c, dict):
+    raise ValueError(f"{file} must hold a JSON object, not {type(c).__name__}")
+  return c
+
+
 def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
   """The shards a checkpoint directory's index names (or its single file), checked to exist and
   to lie inside the directory."""

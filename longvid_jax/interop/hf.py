@@ -31,15 +31,7 @@ from longvid_jax.models.llm import LLMConfig
 
 
 def read_config(path: pathlib.Path, dtype: str = "float32") -> LLMConfig:
-  file = path / "config.json"
-  if not file.exists():
-    raise FileNotFoundError(f"{file} is missing; a Hugging Face checkpoint directory needs one")
-  try:
-    c = json.loads(file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{file} is not valid JSON: {e}") from None
-  if not isinstance(c, dict):
-    raise ValueError(f"{file} must hold a JSON object, not {type(c).__name__}")
+  file, c = path / "config.json", files.read_config(path)
   archs = c.get("architectures") or []
   known = {"Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM"}
   if not isinstance(archs, list):

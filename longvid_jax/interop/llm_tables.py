@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -114,10 +113,8 @@ def expected_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
   def init(mdl, ids):
     return mdl(mdl.embed(ids), jnp.zeros_like(ids), jnp.ones_like(ids))
 
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
-                                             method=init))
-  flat = traverse_util.flatten_dict(shapes["params"], sep="/")
-  return {k: tuple(getattr(v, "value", v).shape) for k, v in flat.items()}
+  shapes = trees.param_shapes(model, jnp.zeros((1, 1), jnp.int32), method=init)
+  return {k: tuple(v.shape) for k, v in trees.flat(shapes).items()}
 
 
 def check_params(flat: Mapping[str, Any], cfg: LLMConfig, where: Mapping[str, str] | None = None,

@@ -85,6 +85,16 @@ def to_theirs(params: Mapping, rules: list[Rule], cfg: Any = None) -> dict[str, 
   return out
 
 
+def from_state_dict(state: Mapping[str, Any], rules: list[Rule], expected: Mapping,
+                    ignore: Iterable[str] = ()) -> dict:
+  """A PyTorch state dict (tensors or arrays) → our params, checked against `expected`."""
+  arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+            for k, v in state.items()}
+  params = to_ours(arrays, rules, ignore=ignore)
+  check_complete(params, expected)
+  return params
+
+
 def check_complete(params: Mapping, expected: Mapping) -> None:
   """Raise naming every missing, extra or wrongly-shaped parameter."""
   trees.check_fit(trees.flat(params), trees.flat(expected), "checkpoint")

@@ -6,13 +6,11 @@ import os
 import pathlib
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-import flax.linen as nn
 
-from longvid_jax import assets
+from longvid_jax import assets, trees
 from longvid_jax.interop import pth, tables
 from longvid_jax.interop.tables import Rule
 from longvid_jax.sampling.transnetv2 import TransNetV2
@@ -65,22 +63,16 @@ IGNORE = [r"num_batches_tracked$"]
 
 
 def expected_shapes() -> dict:
-  shapes = jax.eval_shape(lambda: TransNetV2().init(
-      jax.random.key(0), jnp.zeros((1, 4, 27, 48, 3), jnp.uint8)))["params"]
-  return nn.unbox(shapes)
+  return trees.param_shapes(TransNetV2(), jnp.zeros((1, 4, 27, 48, 3), jnp.uint8))
 
 
 def from_torch_state_dict(state: Mapping[str, Any]) -> dict:
   """PyTorch TransNetV2 state dict (tensors or arrays) → our params, checked against the model."""
-  arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-            for k, v in state.items()}
-  params = tables.to_ours(arrays, rules(), ignore=IGNORE)
-  tables.check_complete(params, expected_shapes())
-  return params
+  return tables.from_state_dict(state, rules(), expected_shapes(), ignore=IGNORE)
 
 
 def to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
-  return tables.to_theirs(nn.unbox(params), rules())
+  return tables.to_theirs(trees.strip_boxes(params), rules())
 
 
 def load_params(source: str | os.PathLike | None = None) -> dict:

@@ -18,7 +18,6 @@ import pathlib
 import re
 from typing import Any, Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -109,9 +108,7 @@ def siglip_rules() -> list[Rule]:
 
 def siglip_expected_shapes(cfg) -> dict:
   s = cfg.image_size
-  shapes = jax.eval_shape(lambda: SiglipVisionEncoder(cfg).init(
-      jax.random.key(0), jnp.zeros((1, s, s, cfg.num_channels))))["params"]
-  return trees.strip_boxes(shapes)
+  return trees.param_shapes(SiglipVisionEncoder(cfg), jnp.zeros((1, s, s, cfg.num_channels)))
 
 
 def siglip_from_hf_tensors(tensors: Mapping[str, np.ndarray], cfg) -> dict:
@@ -145,7 +142,7 @@ def import_siglip(source: str | os.PathLike, **overrides):
   """
   path = files.model_dir(source)
   root = path if path.is_dir() else path.parent
-  cfg = SiglipConfig.from_hf(root, **overrides)
+  cfg = SiglipConfig.from_hf(files.read_config(root), **overrides)
   tensors = read_safetensors(path)
   if cfg.use_head and not any(re.match(r"^(vision_model\.)?head\.", k) for k in tensors):
     if "use_head" in overrides:
@@ -203,18 +200,13 @@ EFFICIENTNET_IGNORE = [r"num_batches_tracked$", r"^_fc\."]
 
 def efficientnet_expected_shapes() -> dict:
   cfg = efficientnet.EfficientNetConfig(image_size=32)  # params do not depend on the image size
-  shapes = jax.eval_shape(lambda: efficientnet.EfficientNetLite0(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
-  return trees.strip_boxes(shapes)
+  return trees.param_shapes(efficientnet.EfficientNetLite0(cfg), jnp.zeros((1, 32, 32, 3)))
 
 
 def efficientnet_from_torch_state_dict(state: Mapping[str, Any]) -> dict:
   """efficientnet_pytorch-style Lite0 state dict (tensors or arrays) → our params, checked."""
-  arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-            for k, v in state.items()}
-  params = tables.to_ours(arrays, efficientnet_rules(), ignore=EFFICIENTNET_IGNORE)
-  tables.check_complete(params, efficientnet_expected_shapes())
-  return params
+  return tables.from_state_dict(state, efficientnet_rules(), efficientnet_expected_shapes(),
+                                ignore=EFFICIENTNET_IGNORE)
 
 
 def efficientnet_to_torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:

@@ -88,7 +88,9 @@ def _scores(scores, num_frames: int, who: str) -> Array:
   return s
 
 
-def _features(features, num_frames: int, who: str) -> np.ndarray:
+def _frame_features(k: int, num_frames: int, features, who: str) -> np.ndarray | None:
+  """Checked [T,D] features for a feature-driven sampler; None when all T frames fit in k."""
+  _check(k, num_frames)
   if features is None:
     raise ValueError(f"sampler {who!r} needs per-frame features[T,D]")
   f = np.asarray(features, np.float32)
@@ -96,7 +98,7 @@ def _features(features, num_frames: int, who: str) -> np.ndarray:
     f = f.mean(axis=1)
   if f.ndim != 2 or f.shape[0] != num_frames:
     raise ValueError(f"features must be [T,D] or [T,N,D] with T={num_frames}, got {f.shape}")
-  return f
+  return None if k >= num_frames else f
 
 
 def _finish(idx, valid) -> Selection:
@@ -270,12 +272,13 @@ class FiLASampler:
   iters: int = 20
   needs: ClassVar[tuple[str, ...]] = ("features",)
 
-  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
-    _check(k, num_frames)
+  def __post_init__(self):
     if self.r < 0:
       raise ValueError(f"fila: r must be >= 0, got {self.r}")
-    f = _features(features, num_frames, "fila")
-    if k >= num_frames:
+
+  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
+    f = _frame_features(k, num_frames, features, "fila")
+    if f is None:
       return _finish(*all_frames(num_frames, k))
     r = min(self.r, k - 1)
     m = max(1, k // (1 + r))
@@ -322,12 +325,13 @@ class LongVUSampler:
       out[a:a + len(w)] = (sim.sum(1) - np.diag(sim)) / (len(w) - 1)
     return out
 
-  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
-    _check(k, num_frames)
+  def __post_init__(self):
     if self.window < 1:
       raise ValueError(f"longvu: window must be >= 1, got {self.window}")
-    f = _features(features, num_frames, "longvu")
-    if k >= num_frames:
+
+  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
+    f = _frame_features(k, num_frames, features, "longvu")
+    if f is None:
       return _finish(*all_frames(num_frames, k))
     red = self.redundancy(f)
     kept = np.nonzero(red <= self.threshold)[0]

@@ -11,9 +11,6 @@ skipped at run time but their parameters are kept, so one checkpoint serves ever
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import pathlib
 from typing import Any, Mapping
 
 import chex
@@ -96,17 +93,9 @@ class SiglipConfig:
   # --- Hugging Face configs ---------------------------------------------------------------------
   @classmethod
   def from_hf(cls, hf: Any, **overrides) -> "SiglipConfig":
-    """From a `SiglipVisionConfig` / `SiglipConfig` (object or dict), a config.json, or a model
-    directory. `overrides` set our own fields (select_layer, use_head, dtype)."""
-    if isinstance(hf, (str, os.PathLike)):
-      path = pathlib.Path(hf)
-      if path.is_dir():
-        path = path / "config.json"
-      if not path.is_file():
-        raise FileNotFoundError(f"SigLIP config not found: {path} (expected a config.json or a "
-                                "Hugging Face model directory)")
-      hf = json.loads(path.read_text())
-    elif not isinstance(hf, Mapping):
+    """From a `SiglipVisionConfig` / `SiglipConfig` (object or its dict; `interop.files` reads
+    config.json). `overrides` set our own fields (select_layer, use_head, dtype)."""
+    if not isinstance(hf, Mapping):
       hf = hf.to_dict()
     hf = dict(hf)
     if "vision_config" in hf:  # full SiglipModel config

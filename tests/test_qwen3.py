@@ -17,7 +17,8 @@ import transformers
 from longvid_jax.interop import hf
 from longvid_jax.models import generate as gen
 from longvid_jax.models.llm import DecoderLM, LLMConfig
-from test_llm_parity import assert_same_tensors, batch, hf_logits, hf_model, max_diff_on_real, our_logits  # pylint: disable=g-bad-import-order
+from test_llm_parity import (  # pylint: disable=g-bad-import-order
+    assert_same_tensors, batch, hf_logits, hf_model, max_diff_on_real, our_logits)
 from test_rope_scaling import hf_greedy, long_batch  # pylint: disable=g-bad-import-order
 
 TOL = 1e-4

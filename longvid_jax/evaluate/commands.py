@@ -60,7 +60,8 @@ def make_benchmark_command(args) -> int:
   if args.from_config:
     from longvid_jax import config as config_lib
     src = pathlib.Path(args.from_config)  # a run's workdir means the config it trained with
-    cfg = config_lib.from_json(src / "config.json") if src.is_dir() else config_lib.load(args.from_config)
+    cfg = (config_lib.from_json(src / "config.json") if src.is_dir()
+           else config_lib.load(args.from_config))
     path = longvideo.export_synthetic(cfg.data, args.split, args.out_dir, args.limit)
     print(f"{args.split}: {path}")
     return 0

@@ -1,7 +1,8 @@
 """Name maps between our decoder params and Hugging Face / GGUF tensors, one table per format.
 
 Llama, Qwen2 and Qwen3 share one table: Qwen2's q/k/v biases and Qwen3's q/k norms are rules
-that simply find nothing to convert in the other families' checkpoints. Family differences live in small hooks (GGUF's rotary layout).
+that simply find nothing to convert in the other families' checkpoints. Family differences live
+in small hooks (GGUF's rotary layout).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ _ROPE_KEYS = {
     "linear": (("factor",), ()),
     "dynamic": (("factor",), ()),
     "yarn": (("factor", "original_max_position_embeddings"),
-             ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate")),
+             ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+              "truncate")),
     "llama3": (("factor", "original_max_position_embeddings", "low_freq_factor",
                 "high_freq_factor"), ()),
 }

@@ -35,13 +35,22 @@ def logits(params, cfg, ids) -> np.ndarray:
 
 
 def write_gguf(path, ref, qtype: Q) -> None:
-  """A llama.cpp-style GGUF of an HF Llama model: metadata, Q/K rotary permutation, 2-D weights
-  quantised to `qtype` (norms stay F32, as llama.cpp writes them)."""
+  """A llama.cpp-style GGUF of an HF Llama / Qwen2 / Qwen3 model: metadata (head size and rope
+  scaling included), Q/K rotary permutation for Llama, 2-D weights quantised to `qtype` (norms
+  stay F32, as llama.cpp writes them)."""
   c = ref.config
   cfg = LLMConfig.from_hf(c)
   params = llm_tables.convert({k: v.numpy() for k, v in ref.state_dict().items()},
                               llm_tables.HF_RULES, cfg, llm_tables.hf_ignore(cfg))
-  w = gguf.GGUFWriter(str(path), "llama")
+  w = gguf.GGUFWriter(str(path), cfg.family)
+  w.add_key_length(cfg.dim_per_head)
+  w.add_value_length(cfg.dim_per_head)
+  rope = dict(cfg.rope_scaling or {})
+  if rope:
+    w.add_rope_scaling_type(gguf.RopeScalingType(rope["rope_type"]))
+    w.add_rope_scaling_factor(rope["factor"])
+    if "original_max_position_embeddings" in rope:
+      w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
   w.add_block_count(c.num_hidden_layers)
   w.add_context_length(c.max_position_embeddings)
   w.add_embedding_length(c.hidden_size)
@@ -51,7 +60,7 @@ def write_gguf(path, ref, qtype: Q) -> None:
   w.add_rope_freq_base(c.rope_parameters["rope_theta"])
   w.add_layer_norm_rms_eps(c.rms_norm_eps)
   w.add_vocab_size(c.vocab_size)
-  w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+  w.add_rope_dimension_count(cfg.dim_per_head)
   for name, x in tables.to_theirs(params, llm_tables.GGUF_RULES, cfg).items():
     x = np.ascontiguousarray(x, np.float32)
     if x.ndim == 1 or qtype == Q.F32:
@@ -95,6 +104,59 @@ def test_synthetic_gguf_matches_transformers_loader(qtype, tmp_path):
       if x.ndim == 2:
         rel = np.linalg.norm(flat_ours[k] - x) / np.linalg.norm(x)
         assert 0 < rel < REL_ERR[qtype], (k, rel)
+
+
+def test_qwen3_gguf_matches_transformers_loader(tmp_path):
+  """Qwen3's q/k norms travel as attn_q_norm / attn_k_norm, unpermuted. transformers' GGUF
+  loader takes head_dim from Qwen3's default (128), so the reference uses it too."""
+  ref = hf_model("qwen3", seed=4, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+                 tie_word_embeddings=False, rope_theta=1e6)
+  write_gguf(tmp_path / "q3.gguf", ref, Q.F32)
+  params, cfg = gguf_lib.load_gguf(tmp_path / "q3.gguf")
+  assert cfg == LLMConfig.from_hf(ref.config) and cfg.family == "qwen3"
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, gguf_file="q3.gguf", dtype=torch.float32).eval()
+  ids = [1, 5, 9, 33, 70, 2, 64, 11]
+  with torch.no_grad():
+    want = theirs(torch.tensor([ids])).logits[0].numpy()
+    orig = ref(torch.tensor([ids])).logits[0].numpy()
+  ours = logits(params, cfg, ids)
+  assert np.abs(ours - want).max() < 1e-4 and np.abs(ours - orig).max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_gguf_yarn_and_linear_rope_scaling(family, tmp_path):
+  """llama.cpp's rope.scaling.* keys become the same rope_scaling a HF config states; logits
+  past the original context match the model the file came from."""
+  for rope in ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+               {"rope_type": "linear", "factor": 2.5}):
+    ref = hf_model(family, seed=5, num_attention_heads=4, num_key_value_heads=2,
+                   tie_word_embeddings=True, max_position_embeddings=64, rope_parameters={**rope, "rope_theta": 1e4})
+    write_gguf(tmp_path / "r.gguf", ref, Q.F32)
+    params, cfg = gguf_lib.load_gguf(tmp_path / "r.gguf")
+    assert cfg == LLMConfig.from_hf(ref.config), rope
+    ids = np.random.default_rng(0).integers(0, 97, 60).tolist()  # past 16 original positions
+    with torch.no_grad():
+      orig = ref(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits(params, cfg, ids) - orig).max() < 1e-4, rope
+
+
+def test_gguf_llama3_rope_freqs_are_refused(tmp_path):
+  ref = hf_model("llama", seed=2, num_attention_heads=4, num_key_value_heads=2)
+  w = gguf.GGUFWriter(str(tmp_path / "l31.gguf"), "llama")
+  w.add_block_count(2)
+  w.add_embedding_length(64)
+  w.add_head_count(4)
+  w.add_feed_forward_length(96)
+  w.add_layer_norm_rms_eps(1e-5)
+  w.add_tensor("rope_freqs.weight", np.ones(8, np.float32))
+  w.add_tensor("token_embd.weight", ref.state_dict()["model.embed_tokens.weight"].numpy())
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  with pytest.raises(ValueError, match=r"l31.gguf.*rope_freqs.weight.*Hugging Face checkpoint"):
+    gguf_lib.load_gguf(tmp_path / "l31.gguf")
 
 
 def test_gguf_errors_name_the_file(tmp_path):

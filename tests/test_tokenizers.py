@@ -193,3 +193,36 @@ def test_load_errors(tmp_path):
     tokenizers.load(tmp_path / "bad.tiktoken")
   with pytest.raises(FileNotFoundError, match="no tokenizer files"):
     tokenizers.load(tmp_path)
+
+
+# A reasoning switch the way Qwen3 templates have one (written for this test): with thinking
+# off, the generation prompt carries an empty reasoning block; the final answer turn shows it too.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}"
+    "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}")
+
+
+def test_qwen3_style_thinking_switch_off_by_default_and_prompts_stay_prefixes(qwen, tmp_path):
+  from longvid_jax.data import prompts
+  hf_tok = qwen.to_hf()
+  hf_tok.chat_template = THINKING_TEMPLATE
+  hf_tok.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]},
+                            replace_extra_special_tokens=False)
+  hf_tok.save_pretrained(tmp_path)
+  tok = tokenizers.load(tmp_path, add_video_token=True)
+  assert tok.thinking is False
+  prompt = tok.apply_chat_template(CONVERSATION[:1])
+  assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+  tok.thinking = True
+  assert tok.apply_chat_template(CONVERSATION[:1]).endswith("<|im_start|>assistant\n")
+  tok.thinking = False
+  # training renders prompt and answer with the same switch, so the answer alone is the target
+  ex = prompts.encode_example(tok, "Describe the video.", "A cat jumps.", num_visual=2,
+                              seq_len=96)
+  target = ex["input_ids"][ex["loss_mask"] == 1].tolist()
+  assert tok.decode(target) == "A cat jumps.<|im_end|>\n"
+  assert "<think>" in tok.decode(ex["input_ids"][ex["attention_mask"] == 1].tolist())

@@ -97,10 +97,17 @@ class Tokenizer(abc.ABC):
 
 
 class HFTokenizer(Tokenizer):
-  """A `transformers` tokenizer (tokenizer files or GGUF metadata)."""
+  """A `transformers` tokenizer (tokenizer files or GGUF metadata).
 
-  def __init__(self, tok, extra_stop_ids: Sequence[int] = ()):
+  `thinking`: templates with a reasoning switch (Qwen3's `enable_thinking`) render prompts
+  with it; off by default, so the prompt carries Qwen3's empty reasoning block and a short
+  video answer follows it directly, in training and at inference alike. Templates without
+  the switch ignore it.
+  """
+
+  def __init__(self, tok, extra_stop_ids: Sequence[int] = (), thinking: bool = False):
     self.tok = tok
+    self.thinking = thinking
     self.bos_id = tok.bos_token_id
     self.eos_id = tok.eos_token_id
     self._pad_id = tok.pad_token_id
@@ -117,7 +124,8 @@ class HFTokenizer(Tokenizer):
       raise ValueError("this tokenizer has no chat template; use a chat/instruct checkpoint or "
                        "set tokenizer.tok.chat_template")
     return self.tok.apply_chat_template(messages, tokenize=False,
-                                        add_generation_prompt=add_generation_prompt)
+                                        add_generation_prompt=add_generation_prompt,
+                                        enable_thinking=self.thinking)
 
   def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
     self.tok.add_special_tokens({"additional_special_tokens": list(tokens)},

@@ -5,10 +5,38 @@ model as PyTorch-readable parts, and back."""
 from __future__ import annotations
 
 
+def supported() -> str:
+  """What `llm-convert --list` prints, read from the tables the importers use."""
+  from longvid_jax.interop import gguf  # pylint: disable=g-import-not-at-top
+  from longvid_jax.models import llm  # pylint: disable=g-import-not-at-top
+  notes = {"llama": "Llama 2 / 3.x, SmolLM2: no biases",
+           "qwen2": "Qwen2 / Qwen2.5: q/k/v biases; sliding-window layers",
+           "qwen3": "Qwen3 dense: q/k RMSNorm, explicit head_dim; sliding-window layers"}
+  lines = ["Hugging Face directories or hub ids (config.json + one or sharded safetensors):"]
+  lines += [f"  {t:<6} {cls:<18} {notes.get(t, '')}" for t, cls in llm.HF_ARCHITECTURES.items()]
+  lines += [f"  rope_scaling.rope_type: {', '.join(llm.ROPE_KEYS)}",
+            "  sliding windows: use_sliding_window + sliding_window, with max_window_layers or "
+            "layer_types",
+            f"GGUF files: {', '.join(gguf.FAMILIES)}; F32/F16 and the quantisations gguf.quants "
+            "dequantises; rope scaling none, linear, yarn",
+            "Export: config.json + safetensors for from_pretrained, sharded with "
+            "model.safetensors.index.json above --max-shard-size",
+            "Anything else (other model types, hidden_act other than silu, Llama biases, Qwen3 "
+            "attention_bias, MoE, Llama 3.1 rope_freqs in GGUF) is refused naming the field."]
+  return "\n".join(lines)
+
+
 def _convert(args) -> int:
   from longvid_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  from longvid_jax.interop import files  # pylint: disable=g-import-not-at-top
+  if args.list:
+    print(supported())
+    return 0
+  if args.source is None or args.out_dir is None:
+    raise SystemExit("llm-convert needs SOURCE and OUT_DIR (or --list)")
+  shard = files.parse_size(args.max_shard_size)
   params, cfg, tok = hf.import_llm(args.source, dtype=args.dtype)
-  out = hf.export_llm(params, cfg, args.out_dir, tokenizer=tok)
+  out = hf.export_llm(params, cfg, args.out_dir, tokenizer=tok, max_shard_bytes=shard)
   print(f"wrote {cfg.family} ({cfg.num_layers} layers, d={cfg.hidden_size}, vocab "
         f"{cfg.vocab_size}) to {out}" + ("" if tok else " (no tokenizer found in the source)"))
   return 0
@@ -56,10 +84,14 @@ def _import(args) -> int:
 def register(sub) -> None:
   p = sub.add_parser("llm-convert", help="import an LLM (HF dir, hub id, .gguf, asset name) and "
                      "write it as a Hugging Face directory")
-  p.add_argument("source", help="local HF directory, hub id, .gguf file or asset name")
-  p.add_argument("out_dir", help="directory to write config.json + model.safetensors into")
+  p.add_argument("source", nargs="?", help="local HF directory, hub id, .gguf file or asset name")
+  p.add_argument("out_dir", nargs="?", help="directory to write config.json + safetensors into")
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                  help="cast the weights (default: keep the stored / dequantised dtype)")
+  p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. "
+                 "5GB, 500MB, 2GiB (default: 5GB); bigger models get several with an index")
+  p.add_argument("--list", action="store_true", help="print the supported families and "
+                 "options, then exit")
   p.set_defaults(func=_convert)
 
   p = sub.add_parser("llm-chat", help="answer one prompt with an imported LLM")

@@ -92,25 +92,52 @@ def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def read_safetensors(files: list[pathlib.Path]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """All tensors in their stored dtypes (bf16 as ml_dtypes' bfloat16) plus the file each came
-  from; anything but floating-point weights is refused."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  tensors, origin = {}, {}
-  for f in files:
+class LazyTensors(Mapping):
+  """name → tensor over safetensors files, each tensor read from disk when asked for and not
+  kept, so a converter that walks `items()` holds the converted model plus one tensor, never
+  two copies of the model."""
+
+  def __init__(self, files: list[pathlib.Path]):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    self._open = safe_open
+    self.origin: dict[str, str] = {}
+    for f in files:
+      try:
+        with safe_open(str(f), framework="numpy") as st:
+          dtypes = {name: st.get_slice(name).get_dtype() for name in st.keys()}
+      except Exception as e:  # noqa: BLE001 - SafetensorError is not a stable public name
+        raise ValueError(f"{f} is not a readable safetensors file ({e}); it may be truncated or "
+                         "corrupt — download or export it again") from None
+      for name, dt in dtypes.items():
+        if dt not in _FLOAT_DTYPES:
+          raise ValueError(f"tensor {name!r} in {f} has dtype {dt}; weights must be floating "
+                           "point")
+        self.origin[name] = str(f)
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    f = self.origin[name]
     try:
-      with safe_open(str(f), framework="numpy") as st:
-        for name in st.keys():
-          tensors[name] = st.get_tensor(name)
-          origin[name] = str(f)
-    except Exception as e:  # noqa: BLE001 - SafetensorError is not a stable public name
-      raise ValueError(f"{f} is not a readable safetensors file ({e}); it may be truncated or "
-                       "corrupt — download or export it again") from None
-  for name, x in tensors.items():
-    if not np.issubdtype(x.dtype, np.floating) and x.dtype.name != "bfloat16":
-      raise ValueError(f"tensor {name!r} in {origin[name]} has dtype {x.dtype}; weights must be "
-                       "floating point")
-  return tensors, origin
+      with self._open(f, framework="numpy") as st:
+        return st.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - the file changed or is cut short after its header
+      raise ValueError(f"{f}: tensor {name!r} is not readable ({e}); the file may be truncated "
+                       "or corrupt — download or export it again") from None
+
+  def __iter__(self):
+    return iter(self.origin)
+
+  def __len__(self) -> int:
+    return len(self.origin)
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def read_safetensors(files: list[pathlib.Path]) -> tuple[LazyTensors, dict[str, str]]:
+  """Every tensor of the files, read lazily in its stored dtype (bf16 as ml_dtypes' bfloat16),
+  plus the file each comes from; anything but floating-point weights is refused up front."""
+  tensors = LazyTensors(files)
+  return tensors, tensors.origin
 
 
 def save_safetensors(tensors: Mapping[str, np.ndarray], target: pathlib.Path) -> None:
@@ -122,3 +149,53 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], target: pathlib.Path) ->
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
             metadata={"format": "pt"})
   os.replace(tmp, target)
+
+
+def _shard_name(i: int, n: int) -> str:
+  return f"model-{i:05d}-of-{n:05d}.safetensors" if n > 1 else SAFETENSORS_FILE
+
+
+def save_sharded(tensors: Mapping[str, np.ndarray], out_dir: pathlib.Path,
+                 max_shard_bytes: int) -> list[pathlib.Path]:
+  """One model.safetensors, or shards of at most `max_shard_bytes` each (a larger tensor gets
+  a shard to itself) with the model.safetensors.index.json transformers and the hub read.
+  Weight files a previous export left in `out_dir` are removed first."""
+  if max_shard_bytes < 1:
+    raise ValueError(f"max shard size must be positive, got {max_shard_bytes} bytes")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  for old in [*out_dir.glob("model-*-of-*.safetensors"), out_dir / SAFETENSORS_FILE,
+              out_dir / SAFETENSORS_INDEX]:
+    old.unlink(missing_ok=True)
+  shards, size = [[]], 0
+  for name, x in tensors.items():
+    if shards[-1] and size + x.nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(name)
+    size += x.nbytes
+  paths, weight_map = [], {}
+  for i, names in enumerate(shards, 1):
+    path = out_dir / _shard_name(i, len(shards))
+    save_safetensors({k: tensors[k] for k in names}, path)
+    weight_map.update({k: path.name for k in names})
+    paths.append(path)
+  if len(shards) > 1:
+    index = {"metadata": {"total_size": int(sum(x.nbytes for x in tensors.values()))},
+             "weight_map": weight_map}
+    (out_dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+  return paths
+
+
+def parse_size(text: str) -> int:
+  """'5GB', '500MB', '2GiB', '1000' (bytes) → bytes, the way transformers' max_shard_size reads."""
+  m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE)
+  if not m:
+    raise ValueError(f"shard size {text!r} is not a size like 5GB, 500MB or 2GiB")
+  unit = (m.group(2) or "B").upper()
+  scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+  n = int(float(m.group(1)) * scale)
+  if n < 1:
+    raise ValueError(f"shard size {text!r} must be at least one byte")
+  return n

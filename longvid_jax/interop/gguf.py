@@ -15,7 +15,7 @@ import numpy as np
 from longvid_jax.interop import llm_tables
 from longvid_jax.models.llm import LLMConfig
 
-_FAMILIES = ("llama", "qwen2")
+FAMILIES = ("llama", "qwen2", "qwen3")
 
 
 def _reader(path: pathlib.Path):
@@ -56,19 +56,15 @@ def read_config(reader, path: pathlib.Path, compute_dtype: str = "float32") -> L
 
 def _read_config(reader, path: pathlib.Path, compute_dtype: str) -> LLMConfig:
   arch = _field(reader, "general.architecture")
-  if arch not in _FAMILIES:
+  if arch not in FAMILIES:
     raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; expected one of "
-                     f"{_FAMILIES}")
+                     f"{FAMILIES}")
 
   def get(key, default=None):
     v = _field(reader, f"{arch}.{key}", default)
     if v is None:
       raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
     return v
-
-  scaling = _field(reader, f"{arch}.rope.scaling.type")
-  if scaling not in (None, "none"):
-    raise ValueError(f"{path}: rope scaling {scaling!r} is not supported")
 
   def positive(key, default=None):
     v = get(key, default)
@@ -77,6 +73,22 @@ def _read_config(reader, path: pathlib.Path, compute_dtype: str) -> LLMConfig:
     return int(v)
 
   names = {t.name for t in reader.tensors}
+  if "rope_freqs.weight" in names:  # llama.cpp's form of Llama 3.1+'s llama3 rope scaling
+    raise ValueError(f"{path}: per-dimension rope frequency factors (rope_freqs.weight, as "
+                     "Llama 3.1+ GGUFs store llama3 rope scaling) are not supported in GGUF; "
+                     "import the Hugging Face checkpoint, whose config states rope_scaling")
+  scaling = _field(reader, f"{arch}.rope.scaling.type")
+  rope_scaling = {}
+  if scaling in ("linear", "yarn"):
+    factor = _f32(get("rope.scaling.factor"))
+    rope_scaling = {"rope_type": scaling, "factor": factor}
+    if scaling == "yarn":
+      rope_scaling["original_max_position_embeddings"] = positive(
+          "rope.scaling.original_context_length")
+  elif scaling not in (None, "none"):
+    raise ValueError(f"{path}: rope scaling {scaling!r} is not supported; GGUF import reads "
+                     "none, linear and yarn")
+
   hidden, heads = positive("embedding_length"), positive("attention.head_count")
   head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // heads))
   tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -91,7 +103,9 @@ def _read_config(reader, path: pathlib.Path, compute_dtype: str) -> LLMConfig:
       rope_theta=_f32(get("rope.freq_base", 10000.0)),
       rms_eps=_f32(get("attention.layer_norm_rms_epsilon")),
       tie_embeddings="output.weight" not in names, qkv_bias=arch == "qwen2",
-      max_position=positive("context_length", 8192), dtype=compute_dtype)
+      qk_norm=arch == "qwen3",
+      max_position=positive("context_length", 8192), dtype=compute_dtype,
+      rope_scaling=rope_scaling)
 
 
 def read_tensors(reader, path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -99,9 +99,13 @@ def _dtype_name(params) -> str:
   return name
 
 
+DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' and the hub's usual shard size
+
+
 def export_llm(params, cfg: LLMConfig, out_dir: str | os.PathLike, tokenizer=None,
-               dtype: Any = None) -> pathlib.Path:
-  """Write config.json + model.safetensors (+ tokenizer files) for transformers.
+               dtype: Any = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> pathlib.Path:
+  """Write config.json + safetensors (+ tokenizer files) for transformers' `from_pretrained`:
+  one model.safetensors, or shards of at most `max_shard_bytes` with their index.
 
   Params keep their dtype (bf16 stays bf16) unless `dtype` is given.
   """
@@ -113,7 +117,7 @@ def export_llm(params, cfg: LLMConfig, out_dir: str | os.PathLike, tokenizer=Non
   out.mkdir(parents=True, exist_ok=True)
   dtype_name = _dtype_name(flat)
   tensors = tables.to_theirs(traverse_util.unflatten_dict(flat, sep="/"), llm_tables.HF_RULES, cfg)
-  files.save_safetensors(tensors, out / files.SAFETENSORS_FILE)
+  files.save_sharded(tensors, out, max_shard_bytes)
   config = cfg.to_hf()
   config["dtype"] = dtype_name
   gen = {}

@@ -95,13 +95,15 @@ GGUF_RULES: list[Rule] = [
     Rule("layers_{i}/self_attn/v_proj/bias", "blk.{i}.attn_v.bias"),
     *[Rule(f"layers_{{i}}/{ours}/kernel", f"blk.{{i}}.{theirs}.weight", transpose, transpose)
       for ours, theirs in _GGUF_LINEAR.items()],
+    Rule("layers_{i}/self_attn/q_norm/weight", "blk.{i}.attn_q_norm.weight"),
+    Rule("layers_{i}/self_attn/k_norm/weight", "blk.{i}.attn_k_norm.weight"),
     Rule("layers_{i}/input_layernorm/weight", "blk.{i}.attn_norm.weight"),
     Rule("layers_{i}/post_attention_layernorm/weight", "blk.{i}.ffn_norm.weight"),
     Rule("norm/weight", "output_norm.weight"),
     Rule("lm_head/kernel", "output.weight", transpose, transpose),
 ]
 
-GGUF_IGNORE = [r"^rope_freqs\.weight$"]
+GGUF_IGNORE: list[str] = []  # rope_freqs.weight is refused in gguf.read_config, not ignored
 
 
 # --- checks every LLM format shares --------------------------------------------------------------

@@ -53,15 +53,18 @@ def _match(name: str, rules: Iterable[Rule], side: str):
 
 def to_ours(tensors: Mapping[str, np.ndarray], rules: list[Rule], cfg: Any = None,
             ignore: Iterable[str] = ()) -> dict:
-  """Foreign flat tensors → our nested params dict."""
+  """Foreign flat tensors → our nested params dict. `ignore` wins over the rules (a tied
+  checkpoint's copy of the embedding as lm_head.weight is dropped, not loaded)."""
   skip = [re.compile(p) for p in ignore]
   flat, unclaimed = {}, []
-  for name, value in tensors.items():
+  for name in tensors:
+    if any(p.search(name) for p in skip):
+      continue
     rule, i = _match(name, rules, "theirs")
     if rule is None:
-      if not any(p.search(name) for p in skip):
-        unclaimed.append(name)
+      unclaimed.append(name)
       continue
+    value = tensors[name]
     ours = rule.ours.replace("{i}", i) if i is not None else rule.ours
     flat[ours] = rule.to_ours(np.asarray(value), cfg)
   if unclaimed:

@@ -21,13 +21,13 @@ import numpy as np
 Array = jax.Array
 
 
-_HF_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+HF_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
             "qwen3": "Qwen3ForCausalLM"}
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # rope_scaling keys each rope_type reads (transformers' names); required ones first
-_ROPE_KEYS = {
+ROPE_KEYS = {
     "default": ((), ()),
     "linear": (("factor",), ()),
     "dynamic": (("factor",), ()),
@@ -68,10 +68,10 @@ def _check_rope_scaling(p: Mapping[str, Any], head_dim: int) -> None:
   """Accept only the rope parameters `rope_frequencies` reproduces exactly; anything else would
   change the outputs silently."""
   rope_type = p.get("rope_type", p.get("type", "default"))
-  if rope_type not in _ROPE_KEYS:
+  if rope_type not in ROPE_KEYS:
     raise ValueError(f"rope_scaling.rope_type={rope_type!r} is not supported; use one of "
-                     f"{sorted(_ROPE_KEYS)}")
-  required, optional = _ROPE_KEYS[rope_type]
+                     f"{sorted(ROPE_KEYS)}")
+  required, optional = ROPE_KEYS[rope_type]
   missing = [k for k in required if k not in p]
   if missing:
     raise ValueError(f"rope_scaling.{missing[0]} is missing; rope_type {rope_type!r} needs "
@@ -186,10 +186,10 @@ class LLMConfig:
     """
     c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     model_type = c.get("model_type")
-    if model_type not in _HF_ARCH:
+    if model_type not in HF_ARCHITECTURES:
       archs = c.get("architectures") or []
       raise ValueError(f"unsupported model_type {model_type!r} (architectures {archs}); this "
-                       f"decoder covers {sorted(_HF_ARCH)} ({', '.join(_HF_ARCH.values())})")
+                       f"decoder covers {sorted(HF_ARCHITECTURES)} ({', '.join(HF_ARCHITECTURES.values())})")
     n_layers = c["num_hidden_layers"]
     layer_types, window = c.get("layer_types"), None
     if layer_types is not None and (not isinstance(layer_types, list)
@@ -251,7 +251,7 @@ class LLMConfig:
     """config.json contents that transformers loads as Qwen2ForCausalLM / LlamaForCausalLM /
     Qwen3ForCausalLM."""
     c = {
-        "architectures": [_HF_ARCH[self.family]], "model_type": self.family,
+        "architectures": [HF_ARCHITECTURES[self.family]], "model_type": self.family,
         "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
         "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
         "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
@@ -271,11 +271,9 @@ class LLMConfig:
                          "cannot express; use full_attention for the llama family")
       c.update(head_dim=self.dim_per_head, attention_bias=False, mlp_bias=False)
     else:
+      c["head_dim"] = self.dim_per_head  # Qwen2 reads it too (and falls back to hidden/heads)
       if self.family == "qwen3":
-        c.update(head_dim=self.dim_per_head, attention_bias=False)
-      elif self.head_dim not in (None, self.hidden_size // self.num_heads):
-        raise ValueError("Qwen2 configs in transformers cannot express head_dim != "
-                         "hidden_size // num_heads")
+        c["attention_bias"] = False
       if not sliding:
         c.update(use_sliding_window=False, sliding_window=None,
                  layer_types=["full_attention"] * self.num_layers)

@@ -22,7 +22,8 @@ from longvid_jax.interop import hf
 from longvid_jax.models import generate as gen
 from longvid_jax.models import llm
 from longvid_jax.models.llm import DecoderLM, LLMConfig
-from test_llm_parity import hf_logits, hf_model, max_diff_on_real, our_logits  # pylint: disable=g-bad-import-order
+from test_llm_parity import (  # pylint: disable=g-bad-import-order
+    assert_same_tensors, hf_logits, hf_model, max_diff_on_real, our_logits)
 
 TOL = 1e-4
 ORIG = 32  # the "pretraining" context every scaled case extends
@@ -84,6 +85,7 @@ def test_long_context_logits_generation_and_export(family, rope, tmp_path):
   assert diff < TOL, f"{family}/{rope}: max abs logit diff {diff}"
 
   hf.export_llm(params, cfg, tmp_path / "out")
+  assert_same_tensors(tmp_path / "in", tmp_path / "out")  # HF → ours → HF bit-exact
   written = json.loads((tmp_path / "out" / "config.json").read_text())
   original = json.loads((tmp_path / "in" / "config.json").read_text())
   assert written["rope_parameters"] == original["rope_parameters"]

@@ -20,7 +20,8 @@ from longvid_jax.interop import hf
 from longvid_jax.models import generate as gen
 from longvid_jax.models import llm
 from longvid_jax.models.llm import DecoderLM, LLMConfig
-from test_llm_parity import hf_logits, hf_model, max_diff_on_real, our_logits  # pylint: disable=g-bad-import-order
+from test_llm_parity import (  # pylint: disable=g-bad-import-order
+    assert_same_tensors, hf_logits, hf_model, max_diff_on_real, our_logits)
 from test_rope_scaling import hf_greedy  # pylint: disable=g-bad-import-order
 
 TOL = 1e-4
@@ -76,6 +77,7 @@ def test_window_layers_match_transformers(name, tmp_path):
     assert diff < TOL, f"{name} ({impl}): max abs logit diff {diff}"
 
   hf.export_llm(params, cfg, tmp_path / "out")
+  assert_same_tensors(tmp_path / "in", tmp_path / "out")  # HF → ours → HF bit-exact
   written = json.loads((tmp_path / "out" / "config.json").read_text())
   assert LLMConfig.from_hf(written) == cfg
   loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",

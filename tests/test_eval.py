@@ -132,3 +132,47 @@ def test_batched_scoring_matches_one_question_at_a_time(run_dir, manifest):
   res = benchmark.evaluate(same, benchmark.ModelAnswerer(p, "loglik"))
   for r, row in zip(same, res["rows"]):
     np.testing.assert_allclose(row["scores"], p.loglik(feats, r.question, r.options), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_eval_skips_bad_records_counts_them_and_reads_frame_folders(run_dir, manifest, tmp_path,
+                                                                    capsys):
+  """The training pipeline's policy: unreadable videos and manifest lines are counted skips by
+  reason, in the table and the JSON; a frame folder is evaluated like the video it came from;
+  --strict stops at the first bad record, naming it."""
+  from PIL import Image
+  from longvid_jax.data import video
+  good = [r for _, r in records.read_manifest(manifest)][:2]
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  with video.open_video(good[0].video) as reader:
+    n = reader.info.num_frames
+    for i, f in enumerate(reader.read(np.arange(n)).frames):
+      Image.fromarray(f).save(folder / f"{i:05d}.png")
+  corrupt = tmp_path / "corrupt.mp4"
+  corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+  bad = [records.Record(**{**good[1].to_json(), "id": "missing", "video": str(tmp_path / "no.mp4")}),
+         records.Record(**{**good[1].to_json(), "id": "corrupt", "video": str(corrupt)})]
+  folder_rec = records.Record(**{**good[0].to_json(), "id": "folder", "video": str(folder)})
+  lines = [json.dumps(r.to_json()) for r in [*good, folder_rec, *bad]]
+  m = tmp_path / "mixed.jsonl"
+  m.write_bytes(("\n".join(lines[:3]) + "\n{not json\n").encode() + b"\xff\xfe bad bytes\n"
+                + ("\n".join(lines[3:]) + "\n").encode())
+  out = tmp_path / "res.json"
+  assert cli.main(["eval", str(run_dir), str(m), "--out", str(out)]) == 0
+  res = json.loads(out.read_text())
+  assert res["summary"]["n"] == 3  # two videos and the frame folder
+  skipped = res["summary"]["skipped"]
+  assert skipped["n"] == 4 and skipped["by_reason"]["bad_manifest_line"] == 2
+  assert skipped["by_reason"]["missing_file"] == 1
+  assert {s["record"].split("@")[0] for s in res["skipped"]} >= {"missing", "corrupt"}
+  assert "skipped 4 records" in capsys.readouterr().out
+  rows = {r["id"]: r for r in res["rows"]}
+  assert rows["folder"]["frames"] == rows[good[0].id]["frames"]  # the same frames were sampled
+  assert rows["folder"]["scores"] == pytest.approx(rows[good[0].id]["scores"], abs=1e-2)
+  assert cli.main(["eval", str(run_dir), str(m), "--strict"]) == 2
+  assert f"{m}:4" in capsys.readouterr().err  # the first bad thing: line 4
+  m.write_text("\n".join(lines) + "\n")
+  assert cli.main(["eval", str(run_dir), str(m), "--strict"]) == 2
+  err = capsys.readouterr().err
+  assert "'missing'" in err and "no.mp4" in err

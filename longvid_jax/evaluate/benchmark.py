@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from longvid_jax.data import records, shots
-from longvid_jax.data.records import LETTERS, Record
+from longvid_jax.data import pipeline, records, shots, video
+from longvid_jax.data.records import LETTERS, Record, RecordError
 from longvid_jax.evaluate import oracle
 from longvid_jax.sampling import samplers
 
@@ -154,8 +154,15 @@ class ModelAnswerer:
 
 
 def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
-             progress: bool = False) -> dict:
-  """Run `answer` over multiple-choice records; returns {"rows": [...], "summary": {...}}."""
+             progress: bool = False, strict: bool = False,
+             skips: pipeline.Skips | None = None) -> dict:
+  """Run `answer` over multiple-choice records; returns {"rows": [...], "summary": {...}}.
+
+  The training pipeline's policy for bad input: a record whose video cannot be read (missing,
+  corrupt, truncated to nothing) is skipped and counted by reason in `summary["skipped"]`, so
+  one bad file costs its questions, not the evaluation; `strict` raises instead. `skips` may
+  already hold the manifest's bad lines."""
+  skips = skips if skips is not None else pipeline.Skips()
   recs = [r for r in recs if r.options and r.answer_index is not None][:limit]
   if not recs:
     raise ValueError("no multiple-choice records (options + answer_index) to evaluate")
@@ -166,8 +173,18 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
   rows = []
   for group in _by_clip(recs):
     t0 = time.time()
-    # an answerer with `many` scores the questions about one clip together
-    outs = answer.many(group) if hasattr(answer, "many") else [answer(r) for r in group]
+    try:  # an answerer with `many` scores the questions about one clip together
+      outs = answer.many(group) if hasattr(answer, "many") else [answer(r) for r in group]
+    except Exception as e:  # noqa: BLE001 - one bad video must not stop the evaluation
+      where = f"record {group[0].id!r} ({group[0].video})"
+      if strict:
+        raise RecordError(f"{where}: {e}", video.error_reason(e)) from e
+      for r in group:
+        skips.add(f"{r.id}@{r.video}", video.error_reason(e),
+                  f"record {r.id!r} ({r.video}): {e}")
+      if bar is not None:
+        bar.update(len(group))
+      continue
     seconds = round((time.time() - t0) / len(group), 4)
     for r, out in zip(group, outs):
       rows.append({"id": r.id, "task": r.task, "answer_index": r.answer_index,
@@ -177,7 +194,13 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
       bar.update(len(group))
   if bar is not None:
     bar.close()
-  return {"rows": rows, "summary": summarise(rows)}
+  if not rows:
+    raise ValueError(f"no record could be evaluated ({skips.summary()}); see the warnings above, "
+                     "or rerun with --strict to stop at the first")
+  summary = summarise(rows)
+  summary["skipped"] = {"n": sum(skips.counts.values()), "by_reason": dict(skips.counts)}
+  return {"rows": rows, "summary": summary,
+          "skipped": [{"record": k, "reason": r, "message": m} for k, (r, m) in skips.bad.items()]}
 
 
 def _by_clip(recs: Sequence[Record]) -> list[list[Record]]:
@@ -253,6 +276,11 @@ def table(summary: dict, title: str = "") -> str:
     if seen:
       cells.append(f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-")
     lines.append("| " + " | ".join(cells) + " |")
+  skipped = summary.get("skipped", {})
+  if skipped.get("n"):
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(skipped["by_reason"].items()))
+    lines += ["", f"skipped {skipped['n']} records that could not be read ({reasons}); they are "
+              "not in n"]
   if "visual_tokens_per_sample" in summary:
     lines += ["", f"visual tokens/sample: {summary['visual_tokens_per_sample']:.0f}, "
               f"seconds/sample: {summary['seconds_per_sample']:.3f}, "

@@ -52,6 +52,8 @@ def register(subparsers) -> None:
                  help="oracle with avs: detector scores or the generator's cuts")
   p.add_argument("--train", help="prior baseline: the training manifest it counts answers in")
   p.add_argument("--out", help="results JSON (default: next to the checkpoint, or stdout only)")
+  p.add_argument("--strict", action="store_true", help="stop at the first unreadable video or "
+                 "manifest line (default: skip it and count it by reason)")
   p.set_defaults(func=eval_command)
 
 
@@ -84,19 +86,25 @@ def ask_command(args) -> int:
   return 0
 
 
-def read_records(path: str) -> list:
+def read_records(path: str, skips=None, strict: bool = True) -> list:
+  """A manifest's records; a bad line raises when `strict`, else is counted in `skips`."""
   from longvid_jax.data import records
   out = []
-  for _, r in records.read_manifest(path):
+  for lineno, r in records.read_manifest(path):
     if isinstance(r, ValueError):
-      raise r
-    out.append(r)
+      if strict or skips is None:
+        raise r
+      skips.add(f"{path}:{lineno}", "bad_manifest_line", str(r))
+    else:
+      out.append(r)
   return out
 
 
 def eval_command(args) -> int:
+  from longvid_jax.data import pipeline
   from longvid_jax.evaluate import benchmark, oracle
-  recs = read_records(args.dataset)
+  skips = pipeline.Skips()
+  recs = read_records(args.dataset, skips, args.strict)
   if args.checkpoint == "oracle":
     answer = benchmark.OracleAnswerer(args.sampler or "uniform", args.frames or 8,
                                       args.shot_scores)
@@ -114,7 +122,8 @@ def eval_command(args) -> int:
     answer = benchmark.ModelAnswerer(pred, args.mode)
     name = f"{pathlib.Path(args.checkpoint).name}/{args.mode}/{pred.sampler_name}/k{pred.k}" + (
         "/blind" if args.blind else "")
-  result = benchmark.evaluate(recs, answer, args.limit, progress=True)
+  result = benchmark.evaluate(recs, answer, args.limit, progress=True, strict=args.strict,
+                              skips=skips)
   result["name"], result["dataset"] = name, str(args.dataset)
   print(benchmark.table(result["summary"], f"{name} on {args.dataset}"))
   out = args.out

@@ -14,7 +14,7 @@ from its own float64 result, so there the bound is relative: 1e-5 × max|referen
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 import zipfile
 
@@ -52,8 +52,14 @@ def _reference_module():
         pytest.skip(f"PyTorch reference unavailable: {e}")
       with zipfile.ZipFile(wheel) as zf:
         zf.extractall(root)
-  sys.path.insert(0, str(root))
-  return importlib.import_module("efficientnet_lite_pytorch")
+  # imported as a package from the unpacked wheel, without touching sys.path
+  pkg = root / "efficientnet_lite_pytorch"
+  spec = importlib.util.spec_from_file_location("efficientnet_lite_pytorch", pkg / "__init__.py",
+                                                submodule_search_locations=[str(pkg)])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture(scope="module")

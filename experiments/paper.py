@@ -1,12 +1,20 @@
 """The paper's recipe: AE pretraining → projector alignment → joint training → SFT.
 
-`get_config()` is the full-size model (SigLIP-so400m + SVC 4×4×4 + Qwen2-7B); variants:
+`get_config()` is the full-size model (SigLIP-so400m + SVC 4×4×4 + Qwen2-7B-Instruct, both
+loaded by hub id from the Hugging Face cache or the hub; without either, loading stops with one
+line saying how to provide the weights); variants:
   runlocal   the same recipe for one CPU: small pretrained models (EfficientNet-Lite0 on
              ImageNet, SmolLM2-135M-Instruct), few frames, steps and small batches.
 
 `model.<group>.weights` names a checkpoint for that group (encoder, reducer, projector, llm);
 `model.init_from` names a params checkpoint (`longvid import` writes one) that replaces every
 group's init.
+
+Token arithmetic (the run logs it as "visual tokens: ..."): SigLIP-so400m at 384 px gives a
+27×27 grid per frame; the SVC pads it to 28×28 for its 4×4 spatial strides, and 32 frames to
+8 temporal slots, so a video becomes 8·7·7 = 392 tokens: 32·729 / 392 = 59.5× fewer, not 64×,
+because of the padding. The paper's ~1,440 tokens per video on average correspond to
+1440 / 49 ≈ 29 temporal slots, i.e. ~118 frames per video at this resolution.
 """
 
 import pathlib
@@ -28,14 +36,19 @@ def get_config(arg=None):
   c.recipe = STAGES
   c.stages = ml_collections.ConfigDict({name: stage(name) for name in STAGES})
 
-  c.model.encoder.update(name="siglip", preset="so400m-patch14-384")
-  c.model.reducer.update(name="svc", args=dict(strides=(4, 4, 4), bottleneck=1152,
+  c.model.encoder.update(name="siglip", preset="so400m-patch14-384",
+                         weights="google/siglip-so400m-patch14-384")
+  # bottleneck: the blocks' inner width, a quarter of SigLIP's 1152 channels (the usual 4×
+  # narrowing of residual bottleneck blocks): each block's convolutions cost ~1/16 of full
+  # width, while the residual constraint keeps the latent itself at 1152 channels
+  c.model.reducer.update(name="svc", args=dict(strides=(4, 4, 4), bottleneck=288,
                                                constraint="residual"))
   c.model.projector.norm = True
   c.model.llm.args = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                           num_layers=28, num_heads=28, num_kv_heads=4, rope_theta=1e6,
                           rms_eps=1e-6, tie_embeddings=False, qkv_bias=True, dtype="bfloat16")
-  c.model.tokenizer = "qwen_tiktoken"
+  c.model.llm.weights = "Qwen/Qwen2-7B-Instruct"  # the shapes above are this checkpoint's
+  c.model.tokenizer = "Qwen/Qwen2-7B-Instruct"
   c.data.update(num_videos=20000, heldout_fraction=0.05, shots_per_video=8, frames_per_shot=16,
                 num_frames=32, image_size=384, seq_len=2048)
 

@@ -337,6 +337,10 @@ def _validate_sampler(d) -> None:
     raise ValueError("data.sampler_args.k is not used: the sampler keeps data.num_frames frames; "
                      "remove sampler_args.k and set data.num_frames")
   if d.source == "synthetic":
+    if "features" in SAMPLERS.get(name).needs:
+      raise ValueError(f"data.sampler={name!r} needs per-frame features, which synthetic videos "
+                       "do not have; use avs, uniform or multirate, or export the videos "
+                       "(longvid make-benchmark --from-config) and train on the manifest")
     have = int(d.shots_per_video) * int(d.frames_per_shot)
     if int(d.num_frames) > have:
       raise ValueError(f"data.num_frames={d.num_frames} exceeds the frame budget of a synthetic "

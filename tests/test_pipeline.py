@@ -275,3 +275,41 @@ def test_manifest_paths(corpus, tmp_path):
   cfg.manifest = str(tmp_path / "part-*.jsonl")
   assert [p[-12:] for p in pipeline.manifest_paths(cfg, "train")] == ["part-0.jsonl",
                                                                       "part-1.jsonl"]
+
+
+def test_synthetic_source_samples_with_data_sampler():
+  """AVS on synthetic videos: the generator's cuts are the scores, so the first frame of every
+  shot after a cut is kept and each shot gets its share; uniform keeps its segment centres
+  (what the synthetic source always took)."""
+  cfg = config_lib.data(source="synthetic", num_videos=20, heldout_fraction=0.1, seed=3,
+                        shots_per_video=4, frames_per_shot=12, num_frames=8, image_size=16,
+                        sampler="avs")
+  for vid in range(5):
+    spec = pipeline.video_spec(cfg, vid)
+    idx = pipeline.synthetic_frames(cfg, spec)
+    assert len(idx) == 8 and np.all(np.diff(idx) > 0)
+    assert {12, 24, 36} <= set(idx.tolist()), idx
+    assert np.bincount(idx // 12, minlength=4).tolist() == [2, 2, 2, 2]
+  cfg.sampler = "uniform"
+  idx = pipeline.synthetic_frames(cfg, pipeline.video_spec(cfg, 0))
+  np.testing.assert_array_equal(idx, ((np.arange(8) + 0.5) * 48 / 8).astype(int))
+
+
+def test_exported_synthetic_videos_sample_the_frames_training_took(tmp_path):
+  """`make-benchmark --from-config` writes the cut scores beside each video, so `ask`/`eval`
+  (clips.load_clip on the decoded mp4) keep exactly the frames the synthetic source trained on."""
+  from longvid_jax.data import longvideo
+  from longvid_jax.evaluate.predictor import Predictor
+  cfg = config_lib.data(source="synthetic", num_videos=20, heldout_fraction=0.1, seed=3,
+                        shots_per_video=4, frames_per_shot=12, num_frames=8, image_size=32,
+                        sampler="avs", sampler_args={"window": 3})
+  manifest = longvideo.export_synthetic(cfg, "test", tmp_path)
+  recs = [r for _, r in records.read_manifest(manifest)]
+  assert recs and all(r.scores and pathlib.Path(r.scores).exists() for r in recs)
+  for r in recs[::4]:  # one question per video
+    vid = int(r.id.split("/")[0].rsplit("_", 1)[1])
+    want = pipeline.synthetic_frames(cfg, pipeline.video_spec(cfg, vid))
+    got = clips.load_clip(r, cfg)
+    np.testing.assert_array_equal(got.indices, want)
+    assert got.valid.all()
+  del Predictor  # Predictor.clip is clips.load_clip with the run's data block (test_eval)

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
   ids = pipeline.split_ids(data, "train")[:args.videos]
   for vid in ids:
     spec = pipeline.video_spec(data, int(vid))
-    frames = synthetic.render(spec, pred.size, pipeline.frame_indices(spec.num_frames, pred.k))
+    frames = synthetic.render(spec, pred.size, pipeline.synthetic_frames(data, spec))
     with pred._ctx():  # pylint: disable=protected-access
       out = tokens(pred.params, jnp.asarray(frames[None], jnp.float32) / 255.0)
     for k, v in zip(POINTS, out):

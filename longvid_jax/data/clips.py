@@ -52,10 +52,26 @@ def _span_max(x: np.ndarray, cand: np.ndarray) -> np.ndarray:
   return np.maximum.reduceat(x[:cand[-1] + 1], starts)
 
 
+def select(cfg, timestamps: np.ndarray, start: float, end: float,
+           single: np.ndarray | None = None, features: np.ndarray | None = None):
+  """(frame indices, valid) that `cfg.sampler` keeps of the frames in [start, end) s after
+  resampling to `cfg.fps`: the one selection rule of decoded and synthetic videos alike.
+  `single`/`features` cover the whole video, as the detector gives them."""
+  ts = np.asarray(timestamps, np.float64)
+  cand = np.nonzero((ts >= start) & (ts < end))[0]
+  cand = cand[video.resample_indices(ts[cand], cfg.fps)]
+  if not len(cand):
+    raise RecordError(f"no frames in [{start}, {end}) s", "empty_clip")
+  scores = None if single is None else _span_max(samplers.shot_start_scores(single), cand)
+  feats = None if features is None else features[cand]
+  sel = samplers.sample(cfg.sampler, int(cfg.num_frames), num_frames=len(cand), scores=scores,
+                        features=feats, **dict(cfg.sampler_args or {}))
+  return cand[sel.indices], sel.valid
+
+
 def load_clip(rec: records.Record, cfg) -> Clip:
   """Decode and sample one record's video as `cfg` (a config's `data` block) says."""
-  name = cfg.sampler
-  needs = samplers.SAMPLERS.get(name).needs
+  needs = samplers.SAMPLERS.get(cfg.sampler).needs
   size = int(cfg.image_size)
   with video.open_video(rec.video, timeout=cfg.decode_timeout,
                         folder_fps=float(rec.meta.get("fps", cfg.folder_fps))) as r:
@@ -63,18 +79,12 @@ def load_clip(rec: records.Record, cfg) -> Clip:
     duration = max(float(r.info.duration), float(ts[-1]) if len(ts) else 0.0)
     start = float(rec.start or 0.0)
     end = float(rec.end) if rec.end is not None else max(duration, float(ts[-1]) + 1e-6)
-    cand = np.nonzero((ts >= start) & (ts < end))[0]
-    cand = cand[video.resample_indices(ts[cand], cfg.fps)]
-    if not len(cand):
+    if not np.any((ts >= start) & (ts < end)):
       raise RecordError(f"{rec.video}: no frames in [{start}, {end}) s", "empty_clip")
-    scores = feats = single = None
+    single = emb = None
     if needs:
       single, emb = _boundary(r, rec, cfg, len(ts), needs)
-      scores = _span_max(samplers.shot_start_scores(single), cand)
-      feats = None if emb is None else emb[cand]
-    sel = samplers.sample(name, int(cfg.num_frames), num_frames=len(cand), scores=scores,
-                          features=feats, **dict(cfg.sampler_args or {}))
-    idx = cand[sel.indices]
+    idx, valid = select(cfg, ts, start, end, single, emb)
     got = r.read(idx, size=(size, size))
-  return Clip(got.frames, idx, got.timestamps - start, sel.valid, min(end, duration) - start,
+  return Clip(got.frames, idx, got.timestamps - start, valid, min(end, duration) - start,
               single)

@@ -448,6 +448,9 @@ def export_synthetic(data_cfg, split: str, out_dir: str | os.PathLike,
     if not (out / rel).exists():
       frames = synthetic.render(spec, int(data_cfg.image_size))
       write_mp4(out / rel, [frames], spec.fps, int(data_cfg.image_size))
+    scores = f"videos/synthetic_{split}_{int(vid):06d}.scores.npy"  # what training sampled with
+    if not (out / scores).exists():
+      np.save(out / scores, synthetic.cut_scores(spec))
     rng = np.random.default_rng([int(data_cfg.seed), int(vid)])
     for k, (q, a) in enumerate(synthetic.questions(spec)):
       pool = next(v for v in vocab if a in v)
@@ -456,7 +459,7 @@ def export_synthetic(data_cfg, split: str, out_dir: str | os.PathLike,
       distractors = _pick_distractors(rng, a, pool, min(3, len(pool) - 1))
       options, pos = balancer.place(rng, task, a, distractors)
       recs.append(records.Record(
-          id=f"synthetic_{split}_{int(vid)}/{k}", video=rel, turns=((q, a),),
+          id=f"synthetic_{split}_{int(vid)}/{k}", video=rel, scores=scores, turns=((q, a),),
           options=tuple(options), answer_index=pos, task=task,
           meta={"fps": spec.fps, "num_frames": spec.num_frames,
                 "caption": synthetic.caption(spec)}))

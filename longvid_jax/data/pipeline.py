@@ -38,6 +38,7 @@ import numpy as np
 from longvid_jax.data import clips, prompts, records, synthetic, tasks, video
 from longvid_jax.data import features as features_lib
 from longvid_jax.data.records import SPLITS, RecordError
+from longvid_jax.sampling import samplers
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,15 @@ def video_spec(cfg, video_id: int) -> synthetic.VideoSpec:
                              cfg.frames_per_shot)
 
 
-def frame_indices(num_frames: int, k: int) -> np.ndarray:
-  """k frames at the centres of k equal segments."""
-  return np.minimum(((np.arange(k) + 0.5) * num_frames / k).astype(np.int64), num_frames - 1)
+def synthetic_frames(cfg, spec: synthetic.VideoSpec) -> np.ndarray:
+  """The frames `data.sampler` keeps of a synthetic video, chosen by the same rule as a decoded
+  one (`clips.select`); samplers that need shot scores get the generator's exact cuts, which
+  `make-benchmark --from-config` writes beside each exported video."""
+  ts = np.arange(spec.num_frames) / spec.fps
+  needs = samplers.SAMPLERS.get(cfg.sampler).needs
+  single = synthetic.cut_scores(spec) if "scores" in needs else None
+  idx, _ = clips.select(cfg, ts, 0.0, spec.num_frames / spec.fps, single)
+  return idx
 
 
 RECORD_ID = "record_id"  # batch key of the examples' ids (strings, never sent to the device)
@@ -81,7 +88,7 @@ def synthetic_id(cfg, video_id: int) -> str:
 
 def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.Generator):
   spec = video_spec(cfg, video_id)
-  frames = synthetic.render(spec, cfg.image_size, frame_indices(spec.num_frames, cfg.num_frames))
+  frames = synthetic.render(spec, cfg.image_size, synthetic_frames(cfg, spec))
   out = {"frames": frames.astype(np.float32) / 255.0}
   make = tasks.TASKS.get(task).turns
   if make is None:

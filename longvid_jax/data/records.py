@@ -88,11 +88,11 @@ class Record:
     idx = d.get("answer_index")
     if idx is not None and not (isinstance(idx, int) and 0 <= idx < len(options)):
       raise ValueError(f"answer_index {idx!r} does not index the {len(options)} options")
-    video = d["video"]
-    if root is not None and not os.path.isabs(video):
-      video = str(pathlib.Path(root) / video)
-    return cls(**{**d, "video": video, "turns": turns, "options": options,
-                  "meta": dict(d.get("meta") or {})})
+    def resolve(p):  # paths relative to the manifest's folder, so a dataset moves as a whole
+      return str(pathlib.Path(root) / p) if root is not None and p and not os.path.isabs(p) else p
+
+    return cls(**{**d, "video": resolve(d["video"]), "scores": resolve(d.get("scores")),
+                  "turns": turns, "options": options, "meta": dict(d.get("meta") or {})})
 
 
 def multiple_choice_question(question: str, options: Iterable[str]) -> str:

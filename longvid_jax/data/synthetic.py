@@ -109,6 +109,14 @@ def render(spec: VideoSpec, size: int = 64, indices: np.ndarray | None = None) -
   return out
 
 
+def cut_scores(spec: VideoSpec) -> np.ndarray:
+  """single[N]: the boundary probabilities a perfect detector would give, in TransNetV2's
+  convention (1 on the last frame of every shot but the final one, 0 elsewhere)."""
+  single = np.zeros(spec.num_frames, np.float32)
+  single[spec.frames_per_shot - 1:spec.num_frames - 1:spec.frames_per_shot] = 1.0
+  return single
+
+
 # Caption examples ask in several ways, so an open question gets one descriptive sentence and
 # an end of turn rather than whatever the language model continues with.
 CAPTION_PROMPTS = ("Describe the video.", "What happens in the video?",

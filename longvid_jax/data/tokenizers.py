@@ -19,6 +19,8 @@ import pathlib
 import shutil
 from typing import Sequence
 
+from longvid_jax.interop import files
+
 VIDEO_TOKEN = "<video>"
 # End-of-turn / end-of-text markers of the chat formats we know; a tokenizer stops on those it has.
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
@@ -162,12 +164,14 @@ def _generation_stops(path: pathlib.Path) -> list[int]:
 
 
 def from_hf(source: str | os.PathLike) -> HFTokenizer:
+  """A directory with tokenizer files, or a hub id (its tokenizer files only, from the hub
+  cache or the hub; offline and uncached, one line saying how to provide them)."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(source).expanduser()
+  path = files.model_dir(source, files.TOKENIZER_PATTERNS)
   if path.is_dir() and not has_hf_files(path):
     raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json / "
                             "tokenizer_config.json / vocab.json)")
-  tok = AutoTokenizer.from_pretrained(str(source))
+  tok = AutoTokenizer.from_pretrained(str(path))
   return HFTokenizer(tok, _generation_stops(path) if path.is_dir() else ())
 
 

@@ -14,15 +14,18 @@ import numpy as np
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 
 
 def _looks_like_hub_id(source: str) -> bool:
   return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not source.startswith(".")
 
 
-def model_dir(source: str | os.PathLike) -> pathlib.Path:
-  """A local file or directory as it is; an `org/name` hub id fetched with huggingface_hub (or
-  read from its cache), failing in one line when neither works."""
+def model_dir(source: str | os.PathLike,
+              patterns: tuple[str, ...] = HUB_PATTERNS) -> pathlib.Path:
+  """A local file or directory as it is; an `org/name` hub id fetched with huggingface_hub (only
+  the files matching `patterns`, or read from its cache), failing in one line when neither
+  works."""
   path = pathlib.Path(source).expanduser()
   if path.exists():
     return path
@@ -32,12 +35,12 @@ def model_dir(source: str | os.PathLike) -> pathlib.Path:
                             "config.json and *.safetensors")
   try:
     from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
-    return pathlib.Path(snapshot_download(source, allow_patterns=list(HUB_PATTERNS)))
+    return pathlib.Path(snapshot_download(source, allow_patterns=list(patterns)))
   except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: one clear message
     raise FileNotFoundError(
         f"could not fetch {source!r} from the Hugging Face hub ({type(e).__name__}); download "
         "it where the hub is reachable (huggingface-cli download) or pass a local directory "
-        "holding config.json and *.safetensors") from None
+        "holding its files (config.json, *.safetensors, tokenizer files)") from None
 
 
 def read_config(root: pathlib.Path) -> dict:

@@ -59,6 +59,22 @@ def num_visual_tokens(m: VideoLLM, config) -> int:
   return m.reducer.num_tokens(config.data.num_frames, h, w)
 
 
+def token_budget(m: VideoLLM, config) -> dict:
+  """What the compressor does to one video: the encoder's T·H·W tokens against the visual tokens
+  the LLM reads, per video and per frame, and the real ratio (padding a grid that the strides do
+  not divide makes it less than the strides' product)."""
+  t, (h, w) = int(config.data.num_frames), m.encoder.grid
+  visual = num_visual_tokens(m, config)
+  return {"frames": t, "grid": [h, w], "encoder_tokens": t * h * w, "visual_tokens": visual,
+          "per_frame": round(visual / t, 3), "ratio": round(t * h * w / visual, 3)}
+
+
+def describe_budget(b: dict) -> str:
+  return (f"{b['frames']} frames x {b['grid'][0]}x{b['grid'][1]} encoder tokens = "
+          f"{b['encoder_tokens']} -> {b['visual_tokens']} visual tokens per video "
+          f"({b['per_frame']:g} per frame, {b['ratio']:g}x fewer)")
+
+
 def dummy_inputs(config) -> dict:
   d = config.data
   return dict(

@@ -28,6 +28,7 @@ import jax
 from longvid_jax import config as config_lib
 from longvid_jax import runs
 from longvid_jax.data import features, pipeline
+from longvid_jax.models import build
 from longvid_jax.models.reducers.base import Autoencoder
 from longvid_jax.parallel import distributed
 from longvid_jax.parallel import mesh as mesh_lib
@@ -102,9 +103,11 @@ def _run(config, workdir: pathlib.Path) -> dict:
   for i in range(first):  # finished stages: nothing to build
     results.append(done[i])
     log.info("stage %d/%d %s: already done, skipping", i + 1, len(recipe), recipe[i])
+  budget = None
   if first < len(recipe):
     with stage_lib.PreemptionGuard() as guard:
-      results += _train(config, workdir, recipe, first, guard)
+      trained, budget = _train(config, workdir, recipe, first, guard)
+      results += trained
   preempted = any(r.status == "preempted" for r in results)
   summary = {
       "workdir": str(workdir),
@@ -112,6 +115,7 @@ def _run(config, workdir: pathlib.Path) -> dict:
       "final_params": str(stage_dir(workdir, len(recipe) - 1, recipe[-1]) / "params"),
       "seconds": round(time.time() - t0, 2),
       "preempted": preempted,
+      **({"visual_tokens": budget} if budget else {}),
   }
   checkpoint.write_json_atomic(workdir / "summary.json", summary)
   return summary
@@ -134,6 +138,8 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
   """Stages first..end; stage `first` starts from the previous stage's params (or init)."""
   s = runs.setup(config)
   model = s.model
+  budget = build.token_budget(model, config)
+  log.info("visual tokens: %s", build.describe_budget(budget))
   batch_sharding = mesh_lib.batch_sharding(s.mesh)
   results = []
   with s.scope():
@@ -177,4 +183,4 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
         break
       log.info("stage %s done: loss %.4f → %.4f in %.1f s", name, result.first_loss,
                result.final_loss, result.seconds)
-  return results
+  return results, budget

@@ -1,0 +1,68 @@
+"""experiments/paper.py: the paper's models named by hub id, its SVC bottleneck and token
+arithmetic, checked without weights or network; hub ids load from local directories."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+import transformers
+
+from longvid_jax import config as config_lib
+from longvid_jax import runs
+from longvid_jax.models import build
+from longvid_jax.models.encoders.siglip import SiglipConfig
+from test_llm_parity import hf_model  # pylint: disable=g-bad-import-order
+
+PAPER = str(pathlib.Path(__file__).parents[1] / "experiments" / "paper.py")
+
+
+def test_paper_recipe_names_real_weights_and_a_narrow_bottleneck():
+  c = config_lib.load(PAPER)
+  config_lib.validate(c)
+  assert c.model.encoder.weights == "google/siglip-so400m-patch14-384"
+  assert c.model.llm.weights == c.model.tokenizer == "Qwen/Qwen2-7B-Instruct"
+  width = SiglipConfig.preset("so400m-patch14-384").hidden_size
+  assert c.model.reducer.args.bottleneck < width == 1152
+
+
+def test_paper_token_budget_from_the_abstract_model():
+  """No weights, no allocation: 32 frames of 27×27 become 8·7·7 = 392 tokens, 59.5× fewer."""
+  c = config_lib.load(PAPER)
+  budget = build.token_budget(build.model(c.model, 0), c)
+  assert budget == {"frames": 32, "grid": [27, 27], "encoder_tokens": 32 * 729,
+                    "visual_tokens": 392, "per_frame": 12.25, "ratio": 59.51}
+  assert "392 visual tokens per video" in build.describe_budget(budget)
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "encoder", "llm"])
+def test_hub_id_without_network_or_cache_fails_in_one_line(part):
+  c = config_lib.load(PAPER)
+  missing = "longvid-tests/no-such-model"
+  c.model.tokenizer = c.model.encoder.weights = c.model.llm.weights = missing
+  load = {"tokenizer": runs.tokenizer, "encoder": runs.encoder_config,
+          "llm": runs.llm_config}[part]
+  t0 = time.time()
+  with pytest.raises(FileNotFoundError) as e:
+    load(c.model)
+  assert time.time() - t0 < 30
+  msg = str(e.value)
+  assert "\n" not in msg and missing in msg and "local directory" in msg
+
+
+def test_paper_recipe_loads_its_parts_from_local_directories(tmp_path):
+  """The same config fields take a local directory: tiny random models saved by transformers."""
+  llm = hf_model("qwen2", num_attention_heads=4, num_key_value_heads=2)
+  llm.save_pretrained(tmp_path / "qwen2")
+  vision = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+      hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+      image_size=28, patch_size=14))
+  vision.save_pretrained(tmp_path / "siglip")
+  c = config_lib.load(PAPER)
+  c.model.llm.weights, c.model.llm.args = str(tmp_path / "qwen2"), {"dtype": "float32"}
+  c.model.encoder.weights = str(tmp_path / "siglip")
+  llm_cfg = runs.llm_config(c.model)
+  assert (llm_cfg.family, llm_cfg.hidden_size, llm_cfg.num_layers) == ("qwen2", 64, 2)
+  enc = runs.encoder_config(c.model)
+  assert (enc.hidden_size, enc.image_size, enc.grid) == (32, 28, (2, 2))

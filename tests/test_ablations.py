@@ -21,3 +21,45 @@ def test_every_variant_validates(mode):
     if name.startswith("table4/"):
       assert tuple(c.model.reducer.args.strides) == tuple(
           int(x) for x in name.split("/")[1].split("x"))
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+# what each table may change: its ablated factor, and room in seq_len for more visual tokens
+ALLOWED = {
+    "table2": (r"data\.sampler",),
+    "table3": (r"model\.reducer\..*", r"data\.seq_len", r"stages\.\w+\.seq_len"),
+    "table4": (r"model\.reducer\.args\.strides", r"data\.seq_len", r"stages\.\w+\.seq_len"),
+    "table5": (r"recipe", r"stages\.\w+\.trainable"),
+    "table6": (r"model\.reducer\.args\.constraint",),
+}
+
+
+@pytest.mark.parametrize("mode", ["runlocal", ""])
+def test_variants_differ_from_the_base_only_in_the_ablated_factor(mode):
+  import re
+  base = _flat(tables.base(mode == "runlocal").to_dict())
+  for name in NAMES:
+    c = _flat(tables.get_config(f"{name},{mode}" if mode else name).to_dict())
+    changed = {k for k in base.keys() | c.keys() if base.get(k) != c.get(k)}
+    allowed = ALLOWED[name.split("/")[0]]
+    stray = [k for k in changed if not any(re.fullmatch(p, k) for p in allowed)]
+    assert not stray, (name, {k: (base.get(k), c.get(k)) for k in stray})
+
+
+def test_table2_trains_and_evaluates_with_each_sampler_and_table5_trains_the_random_svc():
+  for sampler in ("uniform", "avs"):
+    assert tables.get_config(f"table2/{sampler},runlocal").data.sampler == sampler
+  c = tables.get_config("table5/random,runlocal")
+  assert "ae_pretrain" not in c.recipe
+  assert all("reducer" in c.stages[n].trainable for n in c.recipe)
+  rows = tables.variants(tables.base(True))["table3"]
+  assert set(rows) == {"svc", "avgpool3d", "avgpool3d_2x4x4", "perceiver"}

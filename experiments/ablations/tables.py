@@ -5,11 +5,16 @@
 
   longvid run experiments/ablations/tables.py:table3/perceiver,runlocal
 
-Tables (all at the recipe's frame budget k = data.num_frames):
-  table2  frame sampling: uniform vs AVS (one trained model, two samplers at inference)
-  table3  compressor at 64x: SVC 4x4x4 vs avgpool3d 4x4x4 vs Perceiver (1/64 of the tokens)
-  table4  SVC strides (t, h, w): 2x2x2, 4x4x4, 1x8x8, 4x8x8, 8x4x4
-  table5  SVC with AE pretraining vs a random (never trained) SVC
+Tables (all at the recipe's frame budget k = data.num_frames). Each variant differs from the
+base recipe only in the ablated keys (plus seq_len where its token count needs more room;
+`tests/test_ablations.py` diffs them):
+  table2  frame sampling: uniform vs AVS, each trained and evaluated with its sampler
+  table3  compressor: SVC 4x4x4 vs avgpool3d 4x4x4 and 2x4x4 vs Perceiver (1/64 of the tokens)
+  table4  SVC strides (t, h, w): 2x2x2, 4x4x4, 1x8x8, 4x8x8, 8x4x4. The cascade has one block
+          per factor of 2 of the largest stride (log2 max(t, h, w) blocks: 2 for 4x4x4, 3 for
+          8x4x4), each block striding by 2 along the axes that still need it
+  table5  SVC with AE pretraining vs a random-init SVC (no AE stage) trained with the projector
+          in the later stages
   table6  latent constraint: none, vae, residual
 
 `tools/ablations.py` trains and evaluates every variant of a table and writes the table.
@@ -22,7 +27,7 @@ import pathlib
 import ml_collections
 
 from longvid_jax import config as config_lib
-from longvid_jax.models import encoders
+from longvid_jax.models import encoders, reducers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -37,17 +42,27 @@ def _svc(c, **changes) -> dict:
   return _reducer("svc", **args)
 
 
-def _strides(c, strides: tuple[int, int, int]) -> dict:
-  """SVC at other strides; every seq_len grows with the token count so the text still fits."""
+def _tokens(c, reducer: ml_collections.ConfigDict) -> int:
   e = c.model.encoder
   grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
-  def count(st):
-    return -(-c.data.num_frames // st[0]) * -(-grid[0] // st[1]) * -(-grid[1] // st[2])
-  extra = max(0, count(strides) - count(tuple(c.model.reducer.args.strides)))
+  module = reducers.REDUCERS.get(reducer.name)(**dict(reducer.args or {}))
+  return module.num_tokens(int(c.data.num_frames), *grid)
+
+
+def _room(c, changes: dict) -> dict:
+  """`changes` to the reducer, with every seq_len grown by the extra visual tokens it makes, so
+  the text still fits."""
+  extra = max(0, _tokens(c, changes["model.reducer"]) - _tokens(c, c.model.reducer))
+  if not extra:
+    return changes
   grow = {"data.seq_len": c.data.seq_len + extra}
   grow.update({f"stages.{name}.seq_len": s.seq_len + extra for name, s in c.stages.items()
                if s.seq_len is not None})
-  return {**_svc(c, strides=strides), **grow}
+  return {**changes, **grow}
+
+
+def _strides(c, strides: tuple[int, int, int]) -> dict:
+  return _room(c, _svc(c, strides=strides))
 
 
 # table -> variant -> (config changes as {dotted key: value}, inference sampler)
@@ -58,14 +73,18 @@ def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
       "table3": {
           "svc": (_svc(c, strides=(4, 4, 4)), "uniform"),
           "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), "uniform"),
+          "avgpool3d_2x4x4": (_room(c, _reducer("avgpool3d", strides=(2, 4, 4))), "uniform"),
           "perceiver": (_reducer("perceiver", ratio=1 / 64, depth=2), "uniform"),
       },
       "table4": {f"{t}x{h}x{w}": (_strides(c, (t, h, w)), "uniform")
                  for t, h, w in ((2, 2, 2), (4, 4, 4), (1, 8, 8), (4, 8, 8), (8, 4, 4))},
       "table5": {
           "pretrained": ({}, "uniform"),
-          # the AE stage is dropped, so the compressor keeps its random init throughout
-          "random": ({"recipe": tuple(s for s in c.recipe if s != "ae_pretrain")}, "uniform"),
+          # no AE stage: the compressor starts from its random init and learns with the
+          # projector in every later stage instead of staying frozen at random
+          "random": ({"recipe": tuple(s for s in c.recipe if s != "ae_pretrain"),
+                      **{f"stages.{n}.trainable": (*c.stages[n].trainable, "reducer")
+                         for n in c.recipe if n != "ae_pretrain"}}, "uniform"),
       },
       "table6": {k: (_svc(c, constraint=k, bottleneck=bottleneck), "uniform")
                  for k in ("none", "vae", "residual")},

@@ -54,9 +54,37 @@ def get_config(arg=None):
 
   if arg == "runlocal":
     runlocal(c)
+  elif arg == "datasets":
+    datasets(c)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use runlocal or nothing")
+    raise ValueError(f"unknown variant {arg!r}; use runlocal, datasets or nothing")
   return c
+
+
+DATA = pathlib.Path("data") / "paper"  # relative to where `longvid run` starts
+
+
+def datasets(c: ml_collections.ConfigDict, root: pathlib.Path = DATA) -> None:
+  """The paper's data, one dataset per stage, as manifests under `root` (write them with
+  `longvid convert-dataset FORMAT INPUT OUT.jsonl`):
+    ae_pretrain  long videos with shot changes, frames only  ae/{split}.jsonl (any video list)
+    align        ~3M video-caption pairs                     align/{split}.jsonl (llava)
+    joint        ~8M mixed caption and QA examples           joint/{split}.jsonl (llava)
+    sft          ~1M QA: NExT-QA, PerceptionTest, EgoSchema  sft/<name>_{split}.jsonl
+                 (nextqa, perceptiontest, egoschema formats) mixed by weight
+  Evaluation reads the SFT mixture's first manifest (NExT-QA) unless eval settings change it.
+  The synthetic defaults of config.data stay for shapes; each stage reads its own manifest
+  with the Adaptive Video Sampler."""
+  def manifest(path):
+    return {"source": "manifest", "manifest": path, "sampler": "avs"}
+  c.stages.ae_pretrain.data = manifest(str(root / "ae" / "{split}.jsonl"))
+  c.stages.align.data = manifest(str(root / "align" / "{split}.jsonl"))
+  c.stages.joint.data = manifest(str(root / "joint" / "{split}.jsonl"))
+  c.stages.sft.data = manifest([(str(root / "sft" / f"{name}_{{split}}.jsonl"), weight)
+                                for name, weight in (("nextqa", 1.0), ("perceptiontest", 1.0),
+                                                     ("egoschema", 1.0))])
+  c.data.update(source="manifest", manifest=str(root / "sft" / "nextqa_{split}.jsonl"),
+                sampler="avs")
 
 
 def runlocal(c: ml_collections.ConfigDict) -> None:

@@ -70,9 +70,16 @@ def assign(config: ml_collections.ConfigDict, key: str, value, what: str = "--se
       raise KeyError(f"{what} {key}: no field {p!r}; fields here: {', '.join(node.keys())}")
     node = node[p]
   free = len(parts) > 1 and parts[-2] in FREE_FORM  # module options: new keys are fine
-  if parts[-1] not in node and not free:
+  stage_data = len(parts) == 4 and parts[0] == "stages" and parts[2] == "data"
+  if stage_data:  # a stage's data override: any field of config.data, typed like it
+    if parts[-1] not in data():
+      raise KeyError(f"{what} {key}: config.data has no field {parts[-1]!r}; fields: "
+                     f"{', '.join(data().keys())}")
+    old = node.get(parts[-1], data()[parts[-1]])
+  elif parts[-1] not in node and not free:
     raise KeyError(f"{what} {key}: no field {parts[-1]!r}; fields here: {', '.join(node.keys())}")
-  old = node.get(parts[-1])
+  else:
+    old = node.get(parts[-1])
   if isinstance(old, tuple) and isinstance(value, list):
     value = tuple(value)
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -85,7 +92,7 @@ def assign(config: ml_collections.ConfigDict, key: str, value, what: str = "--se
       for k, v in dict(value).items():
         assign(config, f"{key}.{k}", v, what)
     return
-  if isinstance(old, ml_collections.ConfigDict) and not free:
+  if isinstance(old, ml_collections.ConfigDict) and not (free or stage_data):
     raise ValueError(f"{what} {key}={value!r}: {key} is a block of fields; set one of them "
                      f"({key}.<field>=...)")
   try:
@@ -118,7 +125,8 @@ def _positive_int(value, what: str, fix: str) -> int:
 
 # Fields whose default is None, and what they hold when set.
 NULLABLE = {
-    "data.manifest": (str, dict, ml_collections.ConfigDict), "data.fps": (int, float),
+    "data.manifest": (str, dict, ml_collections.ConfigDict, list, tuple),
+    "data.fps": (int, float),
     "data.detector_weights": str, "data.features": str, "data.system_prompt": str,
     "data.encoder_fingerprint": str, "model.encoder.preset": str, "model.encoder.weights": str,
     "model.reducer.weights": str, "model.projector.weights": str, "model.llm.weights": str,
@@ -201,6 +209,7 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"stages.{name}={s!r} must be a stage block; set its fields instead "
                        f"(stages.{name}.steps=...)")
     _check_types(s, stage(), f"stages.{name}.", "stage.")
+    _check_types(stage_data(config, s, name), data(), f"stages.{name}.data.", "data.")
   for name in recipe:
     if name not in config.stages:
       raise ValueError(f"recipe names stage {name!r} but config.stages has only "
@@ -214,28 +223,78 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
     _at_least(s.weight_decay, 0.0, w + "weight_decay")
     _at_least(s.grad_clip, 0.0, w + "grad_clip", strict=True)
   _at_least(config.seed, 0, "seed")
-  d = config.data
-  if d.source not in SOURCES:
-    raise ValueError(f"data.source={d.source!r}: choose one of {', '.join(SOURCES)}")
-  if d.source == "manifest" and not d.manifest:
-    raise ValueError("data.source='manifest' needs data.manifest (a JSONL path, a pattern with "
-                     "{split}, or a mapping split → path)")
-  if not 0.0 < d.heldout_fraction < 0.5:
-    raise ValueError(f"data.heldout_fraction={d.heldout_fraction!r} must lie in (0, 0.5): the "
-                     "share of videos each of val and test takes")
-  if d.detector_mode not in DETECTOR_MODES:
-    raise ValueError(f"data.detector_mode={d.detector_mode!r}: choose one of "
-                     f"{', '.join(DETECTOR_MODES)}")
-  _at_least(d.decode_timeout, 0.0, "data.decode_timeout", "seconds per video", strict=True)
-  if d.fps is not None:
-    _at_least(d.fps, 0.0, "data.fps", "or None to keep every frame", strict=True)
-  _at_least(d.folder_fps, 0.0, "data.folder_fps", strict=True)
-  for field in ("read_threads", "prefetch", "skip_log_every"):
-    _at_least(d[field], 1, f"data.{field}")
-  _at_least(d.workers, 0, "data.workers")
+  for d, w in _data_blocks(config):
+    _data_ranges(d, w)
   _at_least(config.model.projector.depth, 1, "model.projector.depth")
   if config.eval.videos is not None:
     _at_least(config.eval.videos, 1, "eval.videos", "or None for the whole split")
+
+
+MODEL_INPUT = ("num_frames", "image_size")  # the model's input shape: one value for every stage
+
+
+def stage_data(config, s, name: str = "<stage>") -> ml_collections.ConfigDict:
+  """config.data with stage `s`'s own data fields and seq_len: what that stage trains on."""
+  own = dict(s.get("data") or {})
+  fixed = [k for k in own if k in MODEL_INPUT and own[k] != config.data[k]]
+  if fixed:
+    raise ValueError(f"stages.{name}.data.{fixed[0]}: the model's input ({', '.join(MODEL_INPUT)}) "
+                     "is config.data's for every stage; set it there")
+  if "seq_len" in own:
+    raise ValueError(f"stages.{name}.data.seq_len: a stage sets its example length with "
+                     f"stages.{name}.seq_len")
+  unknown = [k for k in own if k not in config.data]
+  if unknown:
+    raise ValueError(f"stages.{name}.data.{unknown[0]}: config.data has no such field; fields: "
+                     f"{', '.join(config.data.keys())}")
+  if not own and s.get("seq_len") is None:
+    return config.data
+  # not type-safe: a field may change kind (a manifest path → a mixture); the caller checks
+  d = ml_collections.ConfigDict(config.data.to_dict(), type_safe=False)
+  for k, v in own.items():
+    d[k] = ml_collections.ConfigDict(dict(v)) if isinstance(
+        v, (dict, ml_collections.ConfigDict)) else v
+  if s.get("seq_len") is not None:
+    d.seq_len = s.seq_len
+  return d
+
+
+def _data_blocks(config):
+  """(data block, its name in messages): config.data, then each recipe stage that changes it."""
+  yield config.data, "data."
+  for name in config.recipe:
+    s = config.stages.get(name)
+    if s is not None and s.get("data"):
+      yield stage_data(config, s, name), f"stages.{name}.data."
+
+
+def _data_ranges(d, w: str) -> None:
+  if d.source not in SOURCES:
+    raise ValueError(f"{w}source={d.source!r}: choose one of {', '.join(SOURCES)}")
+  if d.source == "manifest" and not d.manifest:
+    raise ValueError(f"{w}source='manifest' needs {w}manifest (a JSONL path, a pattern with "
+                     "{split}, a mapping split → path, or [(path, weight), ...])")
+  if isinstance(d.manifest, (list, tuple)):
+    for item in d.manifest:
+      ok = (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
+            and isinstance(item[1], (int, float)) and not isinstance(item[1], bool)
+            and item[1] > 0)
+      if not ok:
+        raise ValueError(f"{w}manifest={d.manifest!r}: a mixture lists (path, weight) pairs "
+                         "with positive weights, e.g. [('a/{split}.jsonl', 3), ('b.jsonl', 1)]")
+  if not 0.0 < d.heldout_fraction < 0.5:
+    raise ValueError(f"{w}heldout_fraction={d.heldout_fraction!r} must lie in (0, 0.5): the "
+                     "share of videos each of val and test takes")
+  if d.detector_mode not in DETECTOR_MODES:
+    raise ValueError(f"{w}detector_mode={d.detector_mode!r}: choose one of "
+                     f"{', '.join(DETECTOR_MODES)}")
+  _at_least(d.decode_timeout, 0.0, f"{w}decode_timeout", "seconds per video", strict=True)
+  if d.fps is not None:
+    _at_least(d.fps, 0.0, f"{w}fps", "or None to keep every frame", strict=True)
+  _at_least(d.folder_fps, 0.0, f"{w}folder_fps", strict=True)
+  for field in ("read_threads", "prefetch", "skip_log_every"):
+    _at_least(d[field], 1, f"{w}{field}")
+  _at_least(d.workers, 0, f"{w}workers")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -276,16 +335,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"{stage_lib.NAN_POLICIES}")
     if needs_text:
       lm_stages.append(name)
+  for blk, w in _data_blocks(config):
+    for field in ("num_frames", "image_size", "seq_len", "num_videos"):
+      _positive_int(blk[field], f"{w}{field}", "set it to a value >= 1")
+    _positive_int(blk.qa_turns, f"{w}qa_turns",
+                  "set the number of question/answer turns per qa example, 1 or more")
+    system = blk.system_prompt
+    if system is not None and not isinstance(system, str):
+      raise ValueError(f"{w}system_prompt={system!r}: set a string, or None for the chat "
+                       "template's default system turn")
+    _validate_sampler(blk, w)
   d = config.data
-  for field in ("num_frames", "image_size", "seq_len", "num_videos"):
-    _positive_int(d[field], f"data.{field}", "set it to a value >= 1")
-  _positive_int(d.qa_turns, "data.qa_turns",
-                "set the number of question/answer turns per qa example, 1 or more")
-  system = d.system_prompt
-  if system is not None and not isinstance(system, str):
-    raise ValueError(f"data.system_prompt={system!r}: set a string, or None for the chat "
-                     "template's default system turn")
-  _validate_sampler(d)
   _validate_eval(config)
   num_visual = _validate_model(config)
   # the field that sets each LM stage's example length → (its value, the stages it sets)
@@ -327,23 +387,23 @@ def _validate_eval(config) -> None:
     raise ValueError(f"eval.report={e.report!r}: set True or False")
 
 
-def _validate_sampler(d) -> None:
+def _validate_sampler(d, w: str = "data.") -> None:
   """`data.sampler` picks k = `data.num_frames` frames; k may not exceed what a video has."""
   name = d.sampler
   from longvid_jax.sampling.samplers import SAMPLERS  # pylint: disable=g-import-not-at-top
   if not isinstance(name, str) or name not in SAMPLERS:
-    raise ValueError(f"data.sampler {name!r} is unknown; set one of {', '.join(SAMPLERS.names())}")
+    raise ValueError(f"{w}sampler {name!r} is unknown; set one of {', '.join(SAMPLERS.names())}")
   if "k" in (d.sampler_args or {}):
-    raise ValueError("data.sampler_args.k is not used: the sampler keeps data.num_frames frames; "
+    raise ValueError(f"{w}sampler_args.k is not used: the sampler keeps data.num_frames frames; "
                      "remove sampler_args.k and set data.num_frames")
   if d.source == "synthetic":
     if "features" in SAMPLERS.get(name).needs:
-      raise ValueError(f"data.sampler={name!r} needs per-frame features, which synthetic videos "
+      raise ValueError(f"{w}sampler={name!r} needs per-frame features, which synthetic videos "
                        "do not have; use avs, uniform or multirate, or export the videos "
                        "(longvid make-benchmark --from-config) and train on the manifest")
     have = int(d.shots_per_video) * int(d.frames_per_shot)
     if int(d.num_frames) > have:
-      raise ValueError(f"data.num_frames={d.num_frames} exceeds the frame budget of a synthetic "
+      raise ValueError(f"{w}num_frames={d.num_frames} exceeds the frame budget of a synthetic "
                        f"video ({have} = shots_per_video x frames_per_shot); lower num_frames or "
                        "raise frames_per_shot")
 
@@ -414,6 +474,9 @@ def stage(**fields) -> ml_collections.ConfigDict:
       # non-finite loss or gradients: "stop" raises, "skip" drops that update and goes on
       nan_policy="stop",
       debug_nan_steps=(),  # fault injection: these steps' frames are made NaN
+      # this stage's own data: fields of config.data it changes (e.g. manifest, sampler, source,
+      # qa_turns); the rest, and num_frames / image_size (the model's input), stay config.data's
+      data={},
   ))
   c.update(fields)
   return c
@@ -423,7 +486,9 @@ def data(**fields) -> ml_collections.ConfigDict:
   """The `data` block: every field the pipeline, the clip loader and evaluation read."""
   c = ml_collections.ConfigDict(dict(
       source="synthetic",  # synthetic (rendered on the fly) or manifest (JSONL records)
-      manifest=None,  # a path, a path with "{split}", a glob, or a mapping split → path
+      # a path, a path with "{split}", a glob, a mapping split → path, or a mixture
+      # [(path, weight), ...]: each manifest fills its weight's share of an epoch
+      manifest=None,
       # synthetic videos: how many, which fraction goes to val and to test, their shape
       num_videos=1000, heldout_fraction=0.05, seed=0, shots_per_video=8, frames_per_shot=16,
       num_frames=32,  # frames the sampler keeps per video (the model's T)

@@ -76,10 +76,10 @@ def test_stage_seq_len_overrides_data_seq_len():
   before = c.data.seq_len
   c.stages.sft.seq_len = before + 8
   config_lib.validate(c)
-  data = runner.stage_data(c, c.stages.sft)
+  data = config_lib.stage_data(c, c.stages.sft)
   assert data.seq_len == before + 8 and data.image_size == c.data.image_size
   assert c.data.seq_len == before  # the copy changed, not the run's data config
-  assert runner.stage_data(c, c.stages.joint) is c.data  # unset: data.seq_len
+  assert config_lib.stage_data(c, c.stages.joint) is c.data  # unset: data.seq_len
 
 
 def test_sampler_k_within_frame_budget():

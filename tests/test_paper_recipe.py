@@ -66,3 +66,14 @@ def test_paper_recipe_loads_its_parts_from_local_directories(tmp_path):
   assert (llm_cfg.family, llm_cfg.hidden_size, llm_cfg.num_layers) == ("qwen2", 64, 2)
   enc = runs.encoder_config(c.model)
   assert (enc.hidden_size, enc.image_size, enc.grid) == (32, 28, (2, 2))
+
+
+def test_paper_datasets_variant_gives_each_stage_its_own_data():
+  c = config_lib.load(PAPER + ":datasets")
+  config_lib.validate(c)
+  manifests = [str(config_lib.stage_data(c, c.stages[n], n).manifest) for n in c.recipe]
+  assert len(set(manifests)) == 4
+  sft = config_lib.stage_data(c, c.stages.sft, "sft")
+  assert [pathlib.Path(p).name for p, _ in sft.manifest] == [
+      "nextqa_{split}.jsonl", "perceptiontest_{split}.jsonl", "egoschema_{split}.jsonl"]
+  assert all(config_lib.stage_data(c, c.stages[n], n).sampler == "avs" for n in c.recipe)

@@ -55,7 +55,6 @@ def reduce(c) -> None:
   c.model.encoder.preset = "tiny"
   c.model.encoder.args = dict(num_layers=1)
   c.model.reducer.args.bottleneck = 32
-  c.model.llm.weights = None
   c.model.llm.args = dict(c.model.llm.args, vocab_size=1024, hidden_size=64,
                           intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
   c.data.update(num_frames=8, image_size=64, seq_len=128)
@@ -64,6 +63,9 @@ def reduce(c) -> None:
 def load_config(args):
   from longvid_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.load(args.config)
+  for group in ("encoder", "reducer", "projector", "llm"):  # a plan needs shapes, not weights
+    c.model[group].weights = None
+  c.model.init_from = None
   if args.reduced:
     reduce(c)
   c.model.llm.args = dict(c.model.llm.args, scan_layers=bool(args.scan), remat_policy=args.remat)

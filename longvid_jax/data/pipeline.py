@@ -153,16 +153,22 @@ class ManifestSource:
     self.strict = bool(cfg.strict)
     self.skips = Skips(cfg.skip_log_every)
     self.records: list[records.Record] = []
-    for path in manifest_paths(cfg, split):
-      for lineno, rec in records.read_manifest(path):
-        if isinstance(rec, ValueError):
-          if self.strict:
-            raise rec
-          self.skips.add(f"{path}:{lineno}", "bad_manifest_line", str(rec))
-        else:
-          self.records.append(rec)
+    groups, weights = [], []
+    for paths, weight in manifest_sources(cfg, split):
+      first = len(self.records)
+      for path in paths:
+        for lineno, rec in records.read_manifest(path):
+          if isinstance(rec, ValueError):
+            if self.strict:
+              raise rec
+            self.skips.add(f"{path}:{lineno}", "bad_manifest_line", str(rec))
+          else:
+            self.records.append(rec)
+      groups.append(np.arange(first, len(self.records)))
+      weights.append(weight)
     if not self.records:
       raise ValueError(f"the {split} manifest has no usable records ({self.skips.summary()})")
+    self.pool = _mixture(groups, weights, int(cfg.seed))
     self.cache = None
     if cfg.features:
       self.encoder = encoder_fingerprint or cfg.encoder_fingerprint
@@ -173,7 +179,7 @@ class ManifestSource:
       self.cache = features_lib.FeatureCache(cfg.features)
 
   def __len__(self) -> int:
-    return len(self.records)
+    return len(self.pool)
 
   def example(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     rec = self.records[i]
@@ -202,12 +208,40 @@ class ManifestSource:
     return out
 
 
-def manifest_paths(cfg, split: str) -> list[str]:
-  """`data.manifest`: {split: path}, a path with `{split}`, a glob, or one path for all splits."""
+def _mixture(groups: list[np.ndarray], weights: list[float | None], seed: int) -> np.ndarray:
+  """Record indices of one epoch. Unweighted: every record once. Weighted: manifest j fills
+  weight_j / Σ weights of an epoch as long as all records together, its records cycled when it
+  is short and a fixed random subset (per data.seed) when it is long."""
+  if all(w is None for w in weights):
+    return np.concatenate(groups)
+  total = sum(len(g) for g in groups)
+  share = np.asarray(weights, np.float64) / sum(weights)
+  pool = []
+  for j, (g, w) in enumerate(zip(groups, share)):
+    if len(g):
+      order = np.random.default_rng([seed, j]).permutation(g)
+      pool.append(np.resize(order, max(1, round(w * total))))
+  return np.concatenate(pool)
+
+
+def manifest_sources(cfg, split: str) -> list[tuple[list[str], float | None]]:
+  """(manifest files, mixture weight or None) of `data.manifest`: one path / pattern / glob,
+  {split: path}, or a mixture [(path, weight), ...] whose paths may hold `{split}`."""
   spec = cfg.manifest
+  if isinstance(spec, (list, tuple)):
+    return [(manifest_paths(cfg, split, str(path)), float(weight)) for path, weight in spec]
+  return [(manifest_paths(cfg, split), None)]
+
+
+def manifest_paths(cfg, split: str, spec=None) -> list[str]:
+  """`data.manifest` (or `spec`): {split: path}, a path with `{split}`, a glob, or one path for
+  all splits."""
+  spec = cfg.manifest if spec is None else spec
   if not spec:
     raise ValueError("data.source='manifest' needs data.manifest (a JSONL path, a pattern with "
-                     "{split}, or a mapping split → path)")
+                     "{split}, a mapping split → path, or [(path, weight), ...])")
+  if isinstance(spec, (list, tuple)):
+    return [p for path, _ in spec for p in manifest_paths(cfg, split, str(path))]
   if not isinstance(spec, str):
     spec = dict(spec)
     if split not in spec:
@@ -331,7 +365,7 @@ def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
   elif source == "manifest":
     src = ManifestSource(cfg, split, task, tok, num_visual, encoder_fingerprint)
     skips = src.skips
-    order = grain.MapDataset.source(np.arange(len(src))).shuffle(seed=seed).repeat(None)
+    order = grain.MapDataset.source(src.pool).shuffle(seed=seed).repeat(None)
     ds = _Examples(order, src, seed)
   else:
     raise ValueError(f"data.source {source!r}: choose one of {SOURCES}")

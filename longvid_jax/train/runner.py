@@ -53,15 +53,6 @@ def with_untrained_reducer(scfg, model, params):
   return scfg
 
 
-def stage_data(config, scfg):
-  """config.data with the stage's own seq_len, if it sets one."""
-  if scfg.seq_len is None:
-    return config.data
-  data = config.data.copy_and_resolve_references()
-  data.seq_len = int(scfg.seq_len)
-  return data
-
-
 def _encoder_fingerprint(config, params) -> str | None:
   """Keys the feature cache to this encoder's definition and weights (None: no cache)."""
   if not config.data.features:
@@ -164,7 +155,7 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
         results.append(result)
         continue
       scfg = with_untrained_reducer(scfg, model, params)
-      data = stage_data(config, scfg)
+      data = config_lib.stage_data(config, scfg, name)
       tokens = (f" of {data.seq_len}-token examples" if losses.LOSSES.get(scfg.loss).needs_text
                 else "")
       log.info("stage %d/%d %s: %d steps%s, training %s", i + 1, len(recipe), name, scfg.steps,

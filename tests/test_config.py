@@ -59,7 +59,6 @@ def test_token_budget():
 def test_stage_seq_len_overrides_data_seq_len():
   """A stage may set its own example length (short captions, long multi-turn QA); validation
   checks each length against the token budget and names the field that set it."""
-  from longvid_jax.train import runner  # pylint: disable=g-import-not-at-top
 
   def edit(c):
     c.model.reducer.args.strides = (1, 1, 1)  # 64 visual tokens

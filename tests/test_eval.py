@@ -151,7 +151,8 @@ def test_eval_skips_bad_records_counts_them_and_reads_frame_folders(run_dir, man
       Image.fromarray(f).save(folder / f"{i:05d}.png")
   corrupt = tmp_path / "corrupt.mp4"
   corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
-  bad = [records.Record(**{**good[1].to_json(), "id": "missing", "video": str(tmp_path / "no.mp4")}),
+  missing = str(tmp_path / "no.mp4")
+  bad = [records.Record(**{**good[1].to_json(), "id": "missing", "video": missing}),
          records.Record(**{**good[1].to_json(), "id": "corrupt", "video": str(corrupt)})]
   folder_rec = records.Record(**{**good[0].to_json(), "id": "folder", "video": str(folder)})
   lines = [json.dumps(r.to_json()) for r in [*good, folder_rec, *bad]]

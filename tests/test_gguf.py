@@ -131,7 +131,8 @@ def test_gguf_yarn_and_linear_rope_scaling(family, tmp_path):
   for rope in ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
                {"rope_type": "linear", "factor": 2.5}):
     ref = hf_model(family, seed=5, num_attention_heads=4, num_key_value_heads=2,
-                   tie_word_embeddings=True, max_position_embeddings=64, rope_parameters={**rope, "rope_theta": 1e4})
+                   tie_word_embeddings=True, max_position_embeddings=64,
+                   rope_parameters={**rope, "rope_theta": 1e4})
     write_gguf(tmp_path / "r.gguf", ref, Q.F32)
     params, cfg = gguf_lib.load_gguf(tmp_path / "r.gguf")
     assert cfg == LLMConfig.from_hf(ref.config), rope

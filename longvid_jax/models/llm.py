@@ -189,7 +189,8 @@ class LLMConfig:
     if model_type not in HF_ARCHITECTURES:
       archs = c.get("architectures") or []
       raise ValueError(f"unsupported model_type {model_type!r} (architectures {archs}); this "
-                       f"decoder covers {sorted(HF_ARCHITECTURES)} ({', '.join(HF_ARCHITECTURES.values())})")
+                       f"decoder covers {sorted(HF_ARCHITECTURES)} "
+                       f"({', '.join(HF_ARCHITECTURES.values())})")
     n_layers = c["num_hidden_layers"]
     layer_types, window = c.get("layer_types"), None
     if layer_types is not None and (not isinstance(layer_types, list)

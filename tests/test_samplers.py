@@ -123,7 +123,8 @@ def _two_scene_features(t=60, d=8, switch=(20, 45)):
   f = np.zeros((t, d), np.float32)
   bounds = [0, *switch, t]
   for j in range(3):
-    f[bounds[j]:bounds[j + 1]] = base[j] + 0.05 * rng.standard_normal((bounds[j + 1] - bounds[j], d))
+    n = bounds[j + 1] - bounds[j]
+    f[bounds[j]:bounds[j + 1]] = base[j] + 0.05 * rng.standard_normal((n, d))
   return f
 
 

@@ -83,7 +83,8 @@ def bench_torch(cfg, params, ids, steps: int, lr: float, threads: int | None) ->
   cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[cfg.family]
   model_cls = {"llama": transformers.LlamaForCausalLM,
                "qwen2": transformers.Qwen2ForCausalLM}[cfg.family]
-  model = model_cls(cls(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}))
+  model = model_cls(cls(**{k: v for k, v in hf_cfg.items()
+                           if k not in ("architectures", "model_type")}))
   state = {k: torch.from_numpy(np.array(v, np.float32))
            for k, v in tables.to_theirs(params, llm_tables.HF_RULES, cfg).items()}
   missing, unexpected = model.load_state_dict(state, strict=False)

@@ -35,7 +35,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def load_reference():
   from longvid_jax.assets import asset
-  spec = importlib.util.spec_from_file_location("transnetv2_reference", asset("transnetv2_reference"))
+  spec = importlib.util.spec_from_file_location("transnetv2_reference",
+                                                asset("transnetv2_reference"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.TransNetV2(device="cpu")

@@ -52,7 +52,8 @@ def rules(stages: int = 3, blocks: int = 2, dilations=(1, 2, 4, 8)) -> list[Rule
                                ("var", "running_var")]:
         out.append(Rule(f"{ours}/bn_{mine}", f"{theirs}.bn.{torch_name}"))
   for ours, theirs in [("frame_sim_projection", "frame_sim_layer.projection"),
-                       ("frame_sim_fc", "frame_sim_layer.fc"), ("color_hist_fc", "color_hist_layer.fc"),
+                       ("frame_sim_fc", "frame_sim_layer.fc"),
+                       ("color_hist_fc", "color_hist_layer.fc"),
                        ("fc1", "fc1"), ("cls_layer1", "cls_layer1"), ("cls_layer2", "cls_layer2")]:
     out.append(Rule(f"{ours}/kernel", f"{theirs}.weight", tables.transpose, tables.transpose))
     out.append(Rule(f"{ours}/bias", f"{theirs}.bias"))

@@ -49,9 +49,9 @@ def _compiled(model: DecoderLM, max_new_tokens: int):
   cfg = model.cfg
 
   def run(params, embeds, mask, positions, rng, temperature, top_p, stops, pad_id):
-    b, l, _ = embeds.shape
+    b, length, _ = embeds.shape
     variables = {"params": params}
-    cache = KVCache.init(cfg, b, l + max_new_tokens)
+    cache = KVCache.init(cfg, b, length + max_new_tokens)
     logits, cache = model.apply(variables, embeds, positions, mask, cache=cache, last_only=True)
     next_pos = jnp.max(jnp.where(mask.astype(bool), positions, -1), axis=1) + 1
 
@@ -125,12 +125,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
   prompt lengths share one compiled program."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
-  l = -(-max(len(p) for p in prompts) // multiple) * multiple
-  ids = np.full((len(prompts), l), pad_id, np.int32)
-  mask = np.zeros((len(prompts), l), np.int32)
+  width = -(-max(len(p) for p in prompts) // multiple) * multiple
+  ids = np.full((len(prompts), width), pad_id, np.int32)
+  mask = np.zeros((len(prompts), width), np.int32)
   for row, p in enumerate(prompts):
-    ids[row, l - len(p):] = p
-    mask[row, l - len(p):] = 1
+    ids[row, width - len(p):] = p
+    mask[row, width - len(p):] = 1
   return ids, mask
 
 

@@ -85,8 +85,20 @@ def parser() -> argparse.ArgumentParser:
   return ap
 
 
+def _persistent_compilation_cache() -> None:
+  """Compiled programs are kept under the user's cache dir, so a second `ask`, `eval` or a
+  resumed run does not compile again (JAX_COMPILATION_CACHE_DIR, if set, wins)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from longvid_jax import assets  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "jax"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
+  _persistent_compilation_cache()
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   for noisy in ("absl", "jax._src", "orbax", "grain"):

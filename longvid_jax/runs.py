@@ -69,16 +69,21 @@ def encoder_config(mcfg):
   """The encoder's config dataclass; a checkpoint named by `encoder.weights` may fix shapes."""
   enc = build.encoder_config(mcfg)
   if mcfg.encoder.weights:
-    enc = _pretrained_encoder(mcfg.encoder.name, str(mcfg.encoder.weights), enc)[1]
+    enc = vision.pretrained_config(mcfg.encoder.name, str(mcfg.encoder.weights), enc)
   return enc
 
 
 def llm_config(mcfg) -> LLMConfig:
   """From the checkpoint when `llm.weights` names one (`llm.args` may override e.g. dtype)."""
   args = dict(mcfg.llm.args or {})
-  if mcfg.llm.weights:
-    return dataclasses.replace(_pretrained_llm(mcfg.llm.weights)[1], **args)
+  if mcfg.llm.weights:  # the checkpoint's config alone: its weights load only when needed
+    return dataclasses.replace(_llm_config(str(mcfg.llm.weights)), **args)
   return LLMConfig(**args)
+
+
+@functools.lru_cache(maxsize=4)
+def _llm_config(source: str) -> LLMConfig:
+  return hf.llm_config(source)
 
 
 def pretrained_loaders(mcfg) -> dict[str, Callable[[], Mapping]]:

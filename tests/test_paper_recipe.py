@@ -77,3 +77,27 @@ def test_paper_datasets_variant_gives_each_stage_its_own_data():
   assert [pathlib.Path(p).name for p, _ in sft.manifest] == [
       "nextqa_{split}.jsonl", "perceptiontest_{split}.jsonl", "egoschema_{split}.jsonl"]
   assert all(config_lib.stage_data(c, c.stages[n], n).sampler == "avs" for n in c.recipe)
+
+
+def test_configs_come_from_checkpoint_metadata_without_reading_weights(tmp_path, monkeypatch):
+  """A run that stores its own params needs only the parts' configs: config.json, safetensors
+  headers and GGUF metadata; reading, downloading or dequantising weights here is a bug."""
+  from longvid_jax.interop import files, gguf
+  llm = hf_model("qwen2", num_attention_heads=4, num_key_value_heads=2)
+  llm.save_pretrained(tmp_path / "qwen2")
+  transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+      hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+      image_size=28, patch_size=14)).save_pretrained(tmp_path / "siglip")
+
+  def no_weights(*_):
+    raise AssertionError("weights were read")
+
+  monkeypatch.setattr(files.LazyTensors, "__getitem__", no_weights)
+  monkeypatch.setattr(gguf, "read_tensors", no_weights)
+  c = config_lib.load(PAPER)
+  c.model.llm.weights, c.model.llm.args = str(tmp_path / "qwen2"), {"dtype": "float32"}
+  c.model.encoder.weights = str(tmp_path / "siglip")
+  assert runs.llm_config(c.model).hidden_size == 64
+  assert runs.encoder_config(c.model).hidden_size == 32
+  demo = config_lib.load(str(pathlib.Path(PAPER).with_name("paper.py")) + ":runlocal")
+  assert runs.llm_config(demo.model).family == "llama"  # SmolLM2's GGUF metadata only

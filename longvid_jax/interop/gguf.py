@@ -134,6 +134,12 @@ def read_tensors(reader, path: pathlib.Path) -> dict[str, np.ndarray]:
   return out
 
 
+def load_config(file: str | os.PathLike, compute_dtype: str = "float32") -> LLMConfig:
+  """The decoder config in a .gguf file's metadata, without reading (or dequantising) tensors."""
+  path = pathlib.Path(file).expanduser()
+  return read_config(_reader(path), path, compute_dtype)
+
+
 def load_gguf(file: str | os.PathLike, compute_dtype: str = "float32"):
   """A .gguf file → (params float32, cfg)."""
   path = pathlib.Path(file).expanduser()

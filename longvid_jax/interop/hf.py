@@ -66,6 +66,16 @@ def load_hf(source: str | os.PathLike, dtype: Any = None,
   return _cast(params, dtype), cfg
 
 
+def llm_config(source: str | os.PathLike, compute_dtype: str = "float32") -> LLMConfig:
+  """The config of any source `import_llm` reads, from its config.json or GGUF metadata alone:
+  no weights are read, downloaded or dequantised."""
+  from longvid_jax import assets  # pylint: disable=g-import-not-at-top
+  src = assets.resolve(source)
+  if src.endswith(".gguf"):
+    return gguf_lib.load_config(src, compute_dtype)
+  return read_config(files.model_dir(src, ("*.json",)), compute_dtype)
+
+
 def import_llm(source: str | os.PathLike, dtype: Any = None, compute_dtype: str = "float32",
                tokenizer: bool = True):
   """Any supported LLM source → (params, cfg, tokenizer or None).

@@ -134,20 +134,27 @@ def _flat_nested(params: Mapping) -> dict:
   return traverse_util.unflatten_dict(_flat_f32(params), sep="/")
 
 
+def _siglip_config(source: str | os.PathLike, **overrides) -> tuple[pathlib.Path, SiglipConfig]:
+  """(checkpoint path, config) from config.json and the tensor names, reading no weights."""
+  path = files.model_dir(source)
+  root = path if path.is_dir() else path.parent
+  cfg = SiglipConfig.from_hf(files.read_config(root), **overrides)
+  names = files.LazyTensors(files.safetensors_files(path))  # headers only
+  if cfg.use_head and not any(re.match(r"^(vision_model\.)?head\.", k) for k in names):
+    if "use_head" in overrides:
+      raise ValueError(f"{path}: use_head=True but the checkpoint has no pooling head")
+    cfg = dataclasses.replace(cfg, use_head=False)
+  return path, cfg
+
+
 def import_siglip(source: str | os.PathLike, **overrides):
   """HF SigLIP directory (or hub id) → (params, SiglipConfig).
 
   `overrides` set SiglipConfig fields the checkpoint does not fix: select_layer, dtype, and
   use_head=False to drop the pooling head.
   """
-  path = files.model_dir(source)
-  root = path if path.is_dir() else path.parent
-  cfg = SiglipConfig.from_hf(files.read_config(root), **overrides)
+  path, cfg = _siglip_config(source, **overrides)
   tensors = read_safetensors(path)
-  if cfg.use_head and not any(re.match(r"^(vision_model\.)?head\.", k) for k in tensors):
-    if "use_head" in overrides:
-      raise ValueError(f"{path}: use_head=True but the checkpoint has no pooling head")
-    cfg = dataclasses.replace(cfg, use_head=False)
   try:
     params = siglip_from_hf_tensors(tensors, cfg)
   except ValueError as e:
@@ -273,26 +280,35 @@ def export_efficientnet(params: Mapping, cfg, out_dir: str | os.PathLike) -> pat
 
 @dataclasses.dataclass(frozen=True)
 class Converter:
-  """How an encoder's weights are read and written; `load` may fix the config's shapes."""
+  """How an encoder's weights are read and written; `load` may fix the config's shapes, and
+  `config` says how without reading the weights."""
   load: Callable[[str, Any], tuple[dict, Any]]  # (source, cfg) -> (params, cfg)
   save: Callable[[Mapping, Any, str | os.PathLike], pathlib.Path]  # (params, cfg, out) -> out
+  config: Callable[[str, Any], Any] = lambda source, cfg: cfg  # (source, cfg) -> cfg
 
 
 CONVERTERS: Registry[Converter] = Registry("encoder checkpoint converter")
 
 
-def _load_siglip(source: str, cfg: SiglipConfig):
+def _siglip_choices(cfg: SiglipConfig) -> dict:
   """The checkpoint fixes the tower's shape; `cfg` contributes only our own choices."""
   kw = dict(select_layer=cfg.select_layer, dtype=cfg.dtype)
   if not cfg.use_head:
     kw["use_head"] = False
-  return import_siglip(source, **kw)
+  return kw
 
 
-CONVERTERS.register("siglip")(Converter(_load_siglip, export_siglip))
+CONVERTERS.register("siglip")(Converter(
+    lambda source, cfg: import_siglip(source, **_siglip_choices(cfg)), export_siglip,
+    lambda source, cfg: _siglip_config(source, **_siglip_choices(cfg))[1]))
 CONVERTERS.register("efficientnet_lite0")(Converter(
     lambda source, cfg: (load_efficientnet_lite0(assets.resolve(source)), cfg),
     export_efficientnet))
+
+
+def pretrained_config(name: str, source: str, cfg):
+  """The config encoder `name`'s checkpoint at `source` implies, without reading its weights."""
+  return CONVERTERS.get(name).config(source, cfg)
 
 
 def load_pretrained(name: str, source: str, cfg) -> tuple[dict, Any]:

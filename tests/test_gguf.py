@@ -34,6 +34,14 @@ def logits(params, cfg, ids) -> np.ndarray:
                                 jnp.ones_like(ids)))[0]
 
 
+def close(w: gguf.GGUFWriter) -> None:
+  """Header, metadata and tensors to disk, as llama.cpp's writers finish a file."""
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
 def write_gguf(path, ref, qtype: Q) -> None:
   """A llama.cpp-style GGUF of an HF Llama / Qwen2 / Qwen3 model: metadata (head size and rope
   scaling included), Q/K rotary permutation for Llama, 2-D weights quantised to `qtype` (norms
@@ -69,20 +77,16 @@ def write_gguf(path, ref, qtype: Q) -> None:
       w.add_tensor(name, x.astype(np.float16))
     else:
       w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  close(w)
 
 
 # Relative RMS error of a dequantised Gaussian weight matrix (4-bit ≈ 0.1, 8-bit ≈ 0.006).
 REL_ERR = {Q.F16: 1e-3, Q.Q8_0: 0.02, Q.Q4_0: 0.25, Q.Q4_1: 0.2}
 
 
-@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
-def test_synthetic_gguf_matches_transformers_loader(qtype, tmp_path):
-  ref = hf_model("llama", seed=2, vocab_size=96, num_attention_heads=4, num_key_value_heads=2,
-                 tie_word_embeddings=False, rope_theta=5e4, rms_norm_eps=1e-5)
+def three_ways(tmp_path, ref, qtype: Q):
+  """(params, cfg, our logits, transformers' GGUF loader's, the source model's) on one prompt,
+  after writing `ref` as a GGUF file and reading it back with both loaders."""
   write_gguf(tmp_path / "m.gguf", ref, qtype)
   params, cfg = gguf_lib.load_gguf(tmp_path / "m.gguf")
   assert cfg == LLMConfig.from_hf(ref.config)
@@ -92,7 +96,14 @@ def test_synthetic_gguf_matches_transformers_loader(qtype, tmp_path):
   with torch.no_grad():
     want = theirs(torch.tensor([ids])).logits[0].numpy()
     orig = ref(torch.tensor([ids])).logits[0].numpy()
-  ours = logits(params, cfg, ids)
+  return params, cfg, logits(params, cfg, ids), want, orig
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+def test_synthetic_gguf_matches_transformers_loader(qtype, tmp_path):
+  ref = hf_model("llama", seed=2, vocab_size=96, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=False, rope_theta=5e4, rms_norm_eps=1e-5)
+  params, cfg, ours, want, orig = three_ways(tmp_path, ref, qtype)
   assert np.abs(ours - want).max() < 1e-5
   if qtype == Q.F32:  # lossless: also equal to the model the file was written from
     assert np.abs(ours - orig).max() < 1e-4
@@ -111,16 +122,8 @@ def test_qwen3_gguf_matches_transformers_loader(tmp_path):
   loader takes head_dim from Qwen3's default (128), so the reference uses it too."""
   ref = hf_model("qwen3", seed=4, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
                  tie_word_embeddings=False, rope_theta=1e6)
-  write_gguf(tmp_path / "q3.gguf", ref, Q.F32)
-  params, cfg = gguf_lib.load_gguf(tmp_path / "q3.gguf")
-  assert cfg == LLMConfig.from_hf(ref.config) and cfg.family == "qwen3"
-  theirs = transformers.AutoModelForCausalLM.from_pretrained(
-      tmp_path, gguf_file="q3.gguf", dtype=torch.float32).eval()
-  ids = [1, 5, 9, 33, 70, 2, 64, 11]
-  with torch.no_grad():
-    want = theirs(torch.tensor([ids])).logits[0].numpy()
-    orig = ref(torch.tensor([ids])).logits[0].numpy()
-  ours = logits(params, cfg, ids)
+  _, cfg, ours, want, orig = three_ways(tmp_path, ref, Q.F32)
+  assert cfg.family == "qwen3"
   assert np.abs(ours - want).max() < 1e-4 and np.abs(ours - orig).max() < 1e-4
 
 
@@ -152,10 +155,7 @@ def test_gguf_llama3_rope_freqs_are_refused(tmp_path):
   w.add_layer_norm_rms_eps(1e-5)
   w.add_tensor("rope_freqs.weight", np.ones(8, np.float32))
   w.add_tensor("token_embd.weight", ref.state_dict()["model.embed_tokens.weight"].numpy())
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  close(w)
   with pytest.raises(ValueError, match=r"l31.gguf.*rope_freqs.weight.*Hugging Face checkpoint"):
     gguf_lib.load_gguf(tmp_path / "l31.gguf")
 
@@ -171,10 +171,7 @@ def test_gguf_errors_name_the_file(tmp_path):
     gguf_lib.load_gguf(tmp_path / "cut.gguf")
   w = gguf.GGUFWriter(str(tmp_path / "gpt2.gguf"), "gpt2")
   w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  close(w)
   with pytest.raises(ValueError, match=r"gpt2\.gguf.*'gpt2' is not supported"):
     gguf_lib.load_gguf(tmp_path / "gpt2.gguf")
 

@@ -178,3 +178,11 @@ def test_malformed_rope_parameters_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(c))
   with pytest.raises(ValueError, match=r"config\.json: rope_parameters='yarn'"):
     hf.import_llm(tmp_path)
+
+
+def test_config_dict_round_trips_through_json():
+  cfg = LLMConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                "original_max_position_embeddings": 32},
+                  sliding_window=8, num_layers=2, qk_norm=True, head_dim=64,
+                  layer_types=("full_attention", "sliding_attention"))
+  assert LLMConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -231,3 +231,17 @@ def test_run_command_scores_the_heldout_split_once(finished, tmp_path, capsys):
   assert cli.main(["run", RECIPE, "--workdir", str(workdir), "--set", "eval.split=test"]) == 0
   assert (workdir / "eval" / "heldout_test.json").stat().st_mtime_ns == stamp
   assert json.loads((workdir / "summary.json").read_text())["heldout"] == held
+
+
+def test_a_finished_run_opens_without_its_starting_weights(finished, monkeypatch):
+  """The run records its resolved LLM shape, so `ask`/`eval`/`export` build the model from the
+  run alone: no look at (or download of) the checkpoint it started from."""
+  from longvid_jax import runs
+  from longvid_jax.models.llm import LLMConfig
+  workdir, _ = finished
+  stored = json.loads((workdir / runs.LLM_CONFIG).read_text())
+  monkeypatch.setattr(runs, "_llm_config", lambda source: pytest.fail(f"read {source}"))
+  run = runs.open_run(workdir)
+  assert run.config.model.llm.weights is None
+  assert runs.llm_config(run.config.model) == LLMConfig(**stored)
+  assert LLMConfig(**stored) == runs.llm_config(config_lib.load(RECIPE).model)

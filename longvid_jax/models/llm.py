@@ -152,8 +152,8 @@ class LLMConfig:
     return bool(self.layer_types) and self.layer_types[i] == "sliding_attention"
 
   def __post_init__(self):
-    if isinstance(self.rope_scaling, Mapping):  # hashable, so configs stay usable as jit keys
-      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    if hasattr(self.rope_scaling, "items"):  # hashable, so configs stay usable as jit keys
+      object.__setattr__(self, "rope_scaling", tuple(sorted(dict(self.rope_scaling).items())))
     object.__setattr__(self, "layer_types", tuple(self.layer_types))
     _check_rope_scaling(dict(self.rope_scaling), self.dim_per_head)
     if self.layer_types:
@@ -247,6 +247,12 @@ class LLMConfig:
         qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
         max_position=int(c.get("max_position_embeddings", 8192)), dtype=dtype,
         rope_scaling=rope, sliding_window=window, layer_types=tuple(layer_types))
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields; `LLMConfig(**cfg.to_dict()) == cfg`."""
+    d = dataclasses.asdict(self)
+    d["rope_scaling"], d["layer_types"] = dict(self.rope_scaling), list(self.layer_types)
+    return d
 
   def to_hf(self) -> dict[str, Any]:
     """config.json contents that transformers loads as Qwen2ForCausalLM / LlamaForCausalLM /

@@ -258,9 +258,22 @@ def kmeans(x: np.ndarray, m: int, iters: int = 20) -> tuple[np.ndarray, np.ndarr
   return labels, cent
 
 
+class _FeatureSampler:
+  """Samplers driven by per-frame features: a video of at most k frames keeps them all, a
+  longer one keeps the k frames `select(features[T,D], k)` names."""
+  needs: ClassVar[tuple[str, ...]] = ("features",)
+  name: ClassVar[str]
+
+  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
+    f = _frame_features(k, num_frames, features, self.name)
+    if f is None:
+      return _finish(*all_frames(num_frames, k))
+    return _finish(self.select(f, k), np.ones(k, bool))
+
+
 @SAMPLERS.register("fila")
 @dataclasses.dataclass(frozen=True)
-class FiLASampler:
+class FiLASampler(_FeatureSampler):
   """FiLA-Video-style scene selection on mean-pooled frame features.
 
   K-means splits the frames into k // (1 + r) scenes; each scene contributes its key frame (the
@@ -270,16 +283,13 @@ class FiLASampler:
   """
   r: int = 2  # supplements per scene
   iters: int = 20
-  needs: ClassVar[tuple[str, ...]] = ("features",)
+  name: ClassVar[str] = "fila"
 
   def __post_init__(self):
     if self.r < 0:
       raise ValueError(f"fila: r must be >= 0, got {self.r}")
 
-  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
-    f = _frame_features(k, num_frames, features, "fila")
-    if f is None:
-      return _finish(*all_frames(num_frames, k))
+  def select(self, f: np.ndarray, k: int) -> np.ndarray:
     r = min(self.r, k - 1)
     m = max(1, k // (1 + r))
     labels, cent = kmeans(f, m, self.iters)
@@ -295,13 +305,12 @@ class FiLASampler:
       later = [i for i in members[np.argsort(-sim, kind="stable")] if i > key]
       chosen += [key] + (history + later)[:r]
     chosen = np.unique(np.asarray(chosen, np.int64))[:k]
-    chosen = _fill_uniform(chosen, num_frames, k - len(chosen))
-    return _finish(chosen, np.ones(k, bool))
+    return _fill_uniform(chosen, len(f), k - len(chosen))
 
 
 @SAMPLERS.register("longvu")
 @dataclasses.dataclass(frozen=True)
-class LongVUSampler:
+class LongVUSampler(_FeatureSampler):
   """LongVU-style temporal pruning: in non-overlapping windows of `window` frames, drop frames
   whose mean cosine similarity to the other frames of the window exceeds `threshold`.
 
@@ -310,7 +319,11 @@ class LongVUSampler:
   """
   window: int = 16
   threshold: float = 0.83
-  needs: ClassVar[tuple[str, ...]] = ("features",)
+  name: ClassVar[str] = "longvu"
+
+  def __post_init__(self):
+    if self.window < 1:
+      raise ValueError(f"longvu: window must be >= 1, got {self.window}")
 
   def redundancy(self, features: np.ndarray) -> np.ndarray:
     """[T] mean cosine similarity of each frame to the others in its window (-1 if alone)."""
@@ -325,14 +338,7 @@ class LongVUSampler:
       out[a:a + len(w)] = (sim.sum(1) - np.diag(sim)) / (len(w) - 1)
     return out
 
-  def __post_init__(self):
-    if self.window < 1:
-      raise ValueError(f"longvu: window must be >= 1, got {self.window}")
-
-  def __call__(self, k: int, *, num_frames: int, scores=None, features=None) -> Selection:
-    f = _frame_features(k, num_frames, features, "longvu")
-    if f is None:
-      return _finish(*all_frames(num_frames, k))
+  def select(self, f: np.ndarray, k: int) -> np.ndarray:
     red = self.redundancy(f)
     kept = np.nonzero(red <= self.threshold)[0]
     if len(kept) >= k:
@@ -341,7 +347,7 @@ class LongVUSampler:
       dropped = np.nonzero(red > self.threshold)[0]
       extra = dropped[np.argsort(red[dropped], kind="stable")[:k - len(kept)]]
       chosen = np.sort(np.concatenate([kept, extra]))
-    return _finish(chosen, np.ones(k, bool))
+    return chosen
 
 
 def sample(method: str, k: int, *, num_frames: int, scores=None, features=None,

@@ -131,6 +131,8 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
   model = s.model
   budget = build.token_budget(model, config)
   log.info("visual tokens: %s", build.describe_budget(budget))
+  # the LLM's resolved shape: opening the run later needs no look at the weights it started from
+  checkpoint.write_json_atomic(workdir / runs.LLM_CONFIG, model.llm.cfg.to_dict())
   batch_sharding = mesh_lib.batch_sharding(s.mesh)
   results = []
   with s.scope():

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers.base import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced, TextAgnostic
 from longvid_jax.models.reducers.layers import ACT, CrossAttention, check_heads, layer_norm
 from longvid_jax.models.reducers.pooling import pad_to_multiple
 from longvid_jax.models.reducers.tome import tome_merge
@@ -33,7 +32,7 @@ MODES = ("weighted", "attention", "average", "bipartite")
 
 
 @REDUCERS.register("fila")
-class FiLAMerge(nn.Module):
+class FiLAMerge(TextAgnostic, nn.Module):
   k: int = 4
   mode: str = "weighted"
   num_heads: int = 8
@@ -63,10 +62,7 @@ class FiLAMerge(nn.Module):
     return math.ceil(t / self.k) * self._per_scene(h, w)
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
-    del query, query_mask, deterministic
-    chex.assert_rank(tokens, 5)
+  def reduce(self, tokens: jax.Array) -> Reduced:
     b, _, h, w, c = tokens.shape
     k, n = self.k, h * w
     x = pad_to_multiple(tokens, (k, 1, 1))

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers.base import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced, TextAgnostic
 from longvid_jax.models.reducers.layers import (ACT, MLP, CrossAttention, check_heads,
                                                  layer_norm, sinusoid)
 
 
 @REDUCERS.register("perceiver")
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(TextAgnostic, nn.Module):
   num_queries: int = 0
   ratio: float = 1 / 64
   depth: int = 2
@@ -49,10 +48,7 @@ class PerceiverResampler(nn.Module):
     return self.num_queries or max(1, round(self.ratio * t * h * w))
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
-    del query, query_mask, deterministic  # text-agnostic; no dropout
-    chex.assert_rank(tokens, 5)
+  def reduce(self, tokens: jax.Array) -> Reduced:
     b, t, h, w, c = tokens.shape
     check_heads(self.num_heads, c, "perceiver")
     n = self.num_tokens(t, h, w)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers.base import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced, TextAgnostic
 
 NEWLINE_MODES = ("none", "row", "frame")
 
@@ -93,7 +93,7 @@ class AvgPool3D(nn.Module):
 
 
 @REDUCERS.register("bilinear2d")
-class Bilinear2D(nn.Module):
+class Bilinear2D(TextAgnostic, nn.Module):
   """LLaVA-OneVision's video pooling: each frame resized to ⌈H/s⌉×⌈W/s⌉ (27×27 → 14×14).
 
   `newline`: "row" appends a learned vector after every row of every frame (LLaVA-OV's "grid"
@@ -120,10 +120,7 @@ class Bilinear2D(nn.Module):
     return t * (oh * ow + extra)
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
-    del query, query_mask, deterministic
-    chex.assert_rank(tokens, 5)
+  def reduce(self, tokens: jax.Array) -> Reduced:
     b, t, h, w, c = tokens.shape
     x = bilinear2d(tokens, self.out_grid(h, w))  # [B,T,h,w,C]
     if self.newline != "none":

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longvid_jax.models.reducers.base import REDUCERS, Reduced
+from longvid_jax.models.reducers.base import REDUCERS, Reduced, TextAgnostic
 
 UNITS = ("frame", "video")  # what one merge covers
 
@@ -77,7 +77,7 @@ def tome_merge(x: jax.Array, target: int, size: jax.Array | None = None
 
 
 @REDUCERS.register("tome")
-class ToMe(nn.Module):
+class ToMe(TextAgnostic, nn.Module):
   """Merge each frame's (over="frame") or the whole video's (over="video") tokens.
 
   target: output tokens per frame / per video (0: `ratio` of that unit's input count, rounded,
@@ -109,10 +109,7 @@ class ToMe(nn.Module):
       return t * self._unit_target(h * w)
     return self._unit_target(t * h * w)
 
-  def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
-    del query, query_mask, deterministic
-    chex.assert_rank(tokens, 5)
+  def reduce(self, tokens: jax.Array) -> Reduced:
     b, t, h, w, c = tokens.shape
     if self.over == "frame":
       x, _ = tome_merge(tokens.reshape(b * t, h * w, c), self._unit_target(h * w))

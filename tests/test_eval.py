@@ -177,3 +177,13 @@ def test_eval_skips_bad_records_counts_them_and_reads_frame_folders(run_dir, man
   assert cli.main(["eval", str(run_dir), str(m), "--strict"]) == 2
   err = capsys.readouterr().err
   assert "'missing'" in err and "no.mp4" in err
+
+
+@pytest.mark.slow
+def test_eval_benchmark_agrees_with_ask_and_reports_rates(run_dir, manifest, capsys):
+  """tools/bench_eval.py: batched eval and one-at-a-time ask give the same answers (the tool
+  exits otherwise) and it prints both rates; the figures themselves are not asserted."""
+  import bench_eval
+  r = bench_eval.main([str(run_dir), str(manifest), "--questions", "4"])
+  assert r["questions"] == 4 and r["eval_questions_per_s"] > 0 and r["ask_questions_per_s"] > 0
+  assert "questions/s" in capsys.readouterr().out

@@ -211,7 +211,9 @@ def from_gguf(file: str | os.PathLike) -> HFTokenizer:
       tmp.replace(cached)
     except OSError:  # another process cached it first
       shutil.rmtree(tmp, ignore_errors=True)
-  return from_hf(cached)
+  # read back with the class that wrote it: AutoTokenizer's class lookup alone costs ~2 s
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  return HFTokenizer(PreTrainedTokenizerFast.from_pretrained(str(cached)))
 
 
 def build_from_gguf(file: str | os.PathLike) -> HFTokenizer:

@@ -75,7 +75,7 @@ def _flat(x: jax.Array) -> Reduced:
 
 
 @REDUCERS.register("avgpool3d")
-class AvgPool3D(nn.Module):
+class AvgPool3D(TextAgnostic, nn.Module):
   """The paper's baseline: mean over non-overlapping s_t×s_h×s_w windows (edge-padded)."""
   strides: tuple[int, int, int] = (4, 4, 4)
 
@@ -86,9 +86,7 @@ class AvgPool3D(nn.Module):
   def num_tokens(self, t: int, h: int, w: int) -> int:
     return math.prod(pooled_grid(t, h, w, self.strides))
 
-  def __call__(self, tokens: jax.Array, query: jax.Array | None = None,
-               deterministic: bool = True, query_mask: jax.Array | None = None) -> Reduced:
-    del query, query_mask, deterministic  # parameter-free and text-agnostic
+  def reduce(self, tokens: jax.Array) -> Reduced:  # parameter-free
     return _flat(avgpool3d(tokens, self.strides))
 
 

@@ -201,9 +201,11 @@ def setup(config, mesh: jax.sharding.Mesh | Mapping[str, int] | None = None,
 LLM_CONFIG = "llm_config.json"  # a run's resolved LLMConfig, written when training starts
 
 
-def _own_llm(root: pathlib.Path, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The run's params hold the LLM: its shape comes from the run, not the checkpoint it
-  started from (no GGUF parsing or download when opening a run)."""
+def _run_config(root: pathlib.Path) -> ml_collections.ConfigDict:
+  """root/config.json, with the LLM's shape from the run's own llm_config.json when it has one:
+  the run's params hold the LLM, so opening it needs no look at (or download of) the checkpoint
+  it started from."""
+  config = config_lib.from_json(root / "config.json")
   f = root / LLM_CONFIG
   if f.is_file():
     config.model.llm.weights = None
@@ -232,13 +234,13 @@ def open_run(path: str | pathlib.Path) -> Run:
         final = p / final
       if not final.is_dir():  # the workdir moved since the run: same layout, new root
         final = p / final.parent.name / final.name
-      return Run(p, _own_llm(p, config_lib.from_json(p / "config.json")), final)
+      return Run(p, _run_config(p), final)
     if (p / "params").is_dir():
-      return Run(p, _own_llm(p, config_lib.from_json(p / "config.json")), p / "params")
+      return Run(p, _run_config(p), p / "params")
     raise FileNotFoundError(f"{p} has no summary.json; the run has not finished a stage list")
   for up in p.parents:
     if (up / "config.json").is_file():
-      return Run(up, _own_llm(up, config_lib.from_json(up / "config.json")), p)
+      return Run(up, _run_config(up), p)
   raise FileNotFoundError(f"no config.json for {p}: expected a run workdir (config.json + "
                           "summary.json), a `longvid import` output, or a params directory "
                           "inside one of them")

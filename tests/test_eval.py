@@ -184,6 +184,7 @@ def test_eval_benchmark_agrees_with_ask_and_reports_rates(run_dir, manifest, cap
   """tools/bench_eval.py: batched eval and one-at-a-time ask give the same answers (the tool
   exits otherwise) and it prints both rates; the figures themselves are not asserted."""
   import bench_eval
-  r = bench_eval.main([str(run_dir), str(manifest), "--questions", "4"])
+  r = bench_eval.main([str(run_dir), str(manifest), "--questions", "4", "--command"])
   assert r["questions"] == 4 and r["eval_questions_per_s"] > 0 and r["ask_questions_per_s"] > 0
+  assert r["command_cold_s"] > 0 and r["command_warm_s"] > 0
   assert "questions/s" in capsys.readouterr().out

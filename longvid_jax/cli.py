@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 COMMAND_MODULES = (
     "longvid_jax.cli",  # run
-    "longvid_jax.data.shot_commands",  # shots, sample
+    "longvid_jax.evaluate.shot_commands",  # shots, sample
     "longvid_jax.interop.commands",  # llm-convert, llm-chat
     "longvid_jax.data.commands",  # convert-dataset
     "longvid_jax.evaluate.commands",  # make-benchmark, ask, eval

@@ -396,11 +396,12 @@ def _validate_sampler(d, w: str = "data.") -> None:
   if "k" in (d.sampler_args or {}):
     raise ValueError(f"{w}sampler_args.k is not used: the sampler keeps data.num_frames frames; "
                      "remove sampler_args.k and set data.num_frames")
+  if "features" in SAMPLERS.get(name).needs and int(d.workers) > 0 and not d.features:
+    raise ValueError(f"{w}sampler={name!r} encodes candidate frames with the run's encoder in "
+                     f"the input pipeline's threads, which worker processes cannot share; set "
+                     f"{w}workers=0 (threads still prefetch), or read a feature cache "
+                     "(data.features)")
   if d.source == "synthetic":
-    if "features" in SAMPLERS.get(name).needs:
-      raise ValueError(f"{w}sampler={name!r} needs per-frame features, which synthetic videos "
-                       "do not have; use avs, uniform or multirate, or export the videos "
-                       "(longvid make-benchmark --from-config) and train on the manifest")
     have = int(d.shots_per_video) * int(d.frames_per_shot)
     if int(d.num_frames) > have:
       raise ValueError(f"{w}num_frames={d.num_frames} exceeds the frame budget of a synthetic "

@@ -23,10 +23,11 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from longvid_jax import config as config_lib
-from longvid_jax.data import tokenizers
+from longvid_jax.data import descriptors, features, tokenizers
 from longvid_jax.interop import compressor as compressor_lib
 from longvid_jax.interop import hf, vision
 from longvid_jax.models import build
@@ -142,6 +143,23 @@ class Setup:
   def load_params(self, path: str | pathlib.Path) -> dict:
     with self.scope():
       return checkpoint.load_params(pathlib.Path(path), self.abstract)
+
+  def describer(self, params: dict, batch: int = 16) -> descriptors.Describer:
+    """The frame descriptors the content samplers (fila, longvu) choose by: this model's encoder
+    tokens, mean-pooled over space (`data/descriptors.py`)."""
+    e = self.config.model.encoder
+    # its own copy: training steps donate (and so delete) the buffers of the params they update
+    enc = {"encoder": jax.tree.map(lambda x: jnp.array(x, copy=True), params["encoder"])}
+    pool = jax.jit(lambda p, x: self.model.apply({"params": p}, x[None],
+                                                 method=VideoLLM.features)[0].mean(axis=(1, 2)))
+
+    def embed(frames):
+      with self.scope():  # pipeline threads enter the mesh themselves
+        return jax.device_get(pool(enc, frames))
+
+    fingerprint = features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
+                                                jax.device_get(enc["encoder"]))
+    return descriptors.Describer(embed, fingerprint, int(self.config.data.image_size), batch)
 
   def init_params(self, pretrained: Mapping[str, Mapping] | None = None) -> dict:
     """Every param, created already sharded: all of them from `model.init_from` when it is set;

@@ -56,8 +56,10 @@ def test_variants_differ_from_the_base_only_in_the_ablated_factor(mode):
 
 
 def test_table2_trains_and_evaluates_with_each_sampler_and_table5_trains_the_random_svc():
-  for sampler in ("uniform", "avs"):
-    assert tables.get_config(f"table2/{sampler},runlocal").data.sampler == sampler
+  for sampler in ("uniform", "avs", "fila", "longvu"):
+    c = tables.get_config(f"table2/{sampler},runlocal")
+    assert c.data.sampler == sampler
+    config_lib.validate(c)
   c = tables.get_config("table5/random,runlocal")
   assert "ae_pretrain" not in c.recipe
   assert all("reducer" in c.stages[n].trainable for n in c.recipe)

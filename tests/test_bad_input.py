@@ -198,7 +198,7 @@ def test_truncated_index_counts_what_decodes(cut_mp4, caplog):
 def _cli():
   import argparse
 
-  from longvid_jax.data import shot_commands as commands
+  from longvid_jax.evaluate import shot_commands as commands
   ap = argparse.ArgumentParser()
   commands.register(ap.add_subparsers())
   return ap

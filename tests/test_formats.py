@@ -122,3 +122,37 @@ def test_convert_command(tmp_path, capsys):
                         "--strict"])
   with pytest.raises(ValueError, match="item 2"):
     args.func(args)
+
+
+def test_clevrer():
+  recs, bad = _convert("clevrer", "clevrer/validation.json", video_root="val")
+  assert [r.id for r in recs] == ["10000_0", "10000_1", "10000_2", "10000_3_0", "10000_3_1",
+                                  "10000_3_2"]
+  assert recs[0].video == "val/video_10000-11000/video_10000.mp4"
+  assert (recs[0].options, recs[0].answer, recs[0].task) == ((), "cylinder", "clevrer/descriptive")
+  assert recs[2].options == ("The presence of the gray cylinder",
+                             "The rubber sphere's entering the scene") and recs[2].answer_index == 1
+  # two correct choices: one yes/no question per choice
+  assert [(r.question, r.answer) for r in recs[3:]] == [
+      ("Which event will happen if the cube is removed: The sphere collides with the cylinder?",
+       "yes"),
+      ("Which event will happen if the cube is removed: The sphere and the cylinder collide?",
+       "yes"),
+      ("Which event will happen if the cube is removed: The cylinder stops?", "no")]
+  assert len(bad) == 1 and "item 4" in str(bad[0]) and "'maybe'" in str(bad[0])
+  flat, _ = _convert("clevrer", "clevrer/validation.json", grouped=False)
+  assert flat[0].video == "video_10000.mp4"
+  _round_trip(recs)
+
+
+def test_activitynetqa_is_open_ended():
+  recs, bad = _convert("activitynetqa", "activitynetqa/test_q.json", video_root="anet")
+  assert [(r.id, r.video, r.answer, r.task) for r in recs] == [
+      ("v_AAAAAAAAAAA_1", "anet/v_AAAAAAAAAAA.mp4", "yes", "activitynetqa/yes_no"),
+      ("v_AAAAAAAAAAA_2", "anet/v_AAAAAAAAAAA.mp4", "red", "activitynetqa/color"),
+      ("v_BBBBBBBBBBB_0", "anet/v_BBBBBBBBBBB.mp4", "3", "activitynetqa/number")]
+  assert all(not r.options and r.answer_index is None for r in recs)
+  assert len(bad) == 1 and "v_CCCCCCCCCCC_0" in str(bad[0]) and "no answer" in str(bad[0])
+  with pytest.raises(FileNotFoundError, match="pass --answers"):
+    _convert("activitynetqa", "activitynetqa/test_a.json")
+  _round_trip(recs)

@@ -14,7 +14,7 @@ import pytest
 from test_video import _write_mp4
 
 from longvid_jax import config as config_lib
-from longvid_jax.data import clips, pipeline, records, shots, video
+from longvid_jax.data import clips, descriptors, pipeline, records, shots, video
 from longvid_jax.sampling.transnetv2 import ShotPredictions
 
 
@@ -186,8 +186,9 @@ def test_scores_drive_the_adaptive_sampler(corpus, tmp_path):
 
 
 def test_detector_runs_once_per_video_and_only_when_needed(corpus, monkeypatch, tmp_path):
-  """Scores are computed for samplers that need them, once per video: the second sampler and a
-  fresh process (the in-memory detector dropped) read them from the on-disk shot cache."""
+  """Scores are computed for samplers that need them, once per video (a content sampler never
+  runs the detector); a fresh process (the in-memory detector dropped) reads them from the
+  on-disk shot cache."""
   calls = []
 
   class FakeDetector:
@@ -205,7 +206,8 @@ def test_detector_runs_once_per_video_and_only_when_needed(corpus, monkeypatch, 
   assert calls == []
   clip = clips.load_clip(rec, manifest_cfg(corpus, sampler="avs"))
   assert calls == [20] and 10 in clip.indices
-  assert clips.load_clip(rec, manifest_cfg(corpus, sampler="longvu")).valid.all()
+  by_colour = descriptors.Describer(lambda x: x.mean(axis=(1, 2)), "mean-colour", 16)
+  assert clips.load_clip(rec, manifest_cfg(corpus, sampler="longvu"), by_colour).valid.all()
   assert calls == [20] and len(list((tmp_path / "shots").glob("*.npz"))) == 1
   pred = shots.predict(rec.video)
   assert calls == [20] and pred.single[9] == 1.0 and pred.timestamps.shape == (20,)

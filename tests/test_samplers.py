@@ -191,7 +191,7 @@ def test_bad_inputs():
 
 
 def test_sample_command_uniform_json(tmp_path, capsys):
-  from longvid_jax.data import shot_commands as commands
+  from longvid_jax.evaluate import shot_commands as commands
   grey = np.broadcast_to(np.arange(30, dtype=np.uint8)[:, None, None, None] * 8, (30, 32, 32, 3))
   path = encode_mp4(tmp_path / "c.mp4", grey, fps=10)
   ap = argparse.ArgumentParser()

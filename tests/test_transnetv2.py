@@ -163,7 +163,7 @@ def short_mp4(tmp_path_factory, clip_frames):
 
 
 def _cli():
-  from longvid_jax.data import shot_commands as commands
+  from longvid_jax.evaluate import shot_commands as commands
   ap = argparse.ArgumentParser()
   commands.register(ap.add_subparsers())
   return ap

@@ -77,8 +77,10 @@ def _evaluate(workdir, sampler, datasets, limit) -> dict:
     res = benchmark.evaluate(recs, benchmark.ModelAnswerer(pred, "loglik"), limit)
     out[name] = {**res["summary"], "eval_seconds": round(time.time() - t0, 1)}
     # the best any model could do with the frames this sampler chose (same shot scores)
+    # (content samplers need the model's features, which the oracle does not have)
     oracle = benchmark.evaluate(recs, benchmark.OracleAnswerer(
-        sampler, pred.k, "transnetv2"), limit) if "timeline" in recs[0].meta else None
+        sampler, pred.k, "transnetv2"), limit) if (
+            "timeline" in recs[0].meta and pred.describe is None) else None
     if oracle:
       out[name]["oracle_accuracy"] = oracle["summary"]["accuracy"]
   return out

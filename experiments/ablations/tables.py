@@ -8,7 +8,8 @@
 Tables (all at the recipe's frame budget k = data.num_frames). Each variant differs from the
 base recipe only in the ablated keys (plus seq_len where its token count needs more room;
 `tests/test_ablations.py` diffs them):
-  table2  frame sampling: uniform vs AVS, each trained and evaluated with its sampler
+  table2  frame sampling: uniform vs AVS, each trained and evaluated with its sampler, beside
+          the peer samplers FiLA and LongVU (which choose by the run's own encoder features)
   table3  compressor: SVC 4x4x4 vs avgpool3d 4x4x4 and 2x4x4 vs Perceiver (1/64 of the tokens)
   table4  SVC strides (t, h, w): 2x2x2, 4x4x4, 1x8x8, 4x8x8, 8x4x4. The cascade has one block
           per factor of 2 of the largest stride (log2 max(t, h, w) blocks: 2 for 4x4x4, 3 for
@@ -69,7 +70,7 @@ def _strides(c, strides: tuple[int, int, int]) -> dict:
 def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
   bottleneck = c.model.reducer.args.bottleneck
   return {
-      "table2": {"uniform": ({}, "uniform"), "avs": ({}, "avs")},
+      "table2": {name: ({}, name) for name in ("uniform", "avs", "fila", "longvu")},
       "table3": {
           "svc": (_svc(c, strides=(4, 4, 4)), "uniform"),
           "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), "uniform"),

@@ -15,8 +15,8 @@ def register(subparsers) -> None:
   p.add_argument("out", help="output manifest (.jsonl)")
   p.add_argument("--video-root", help="folder the release's video files live in (default: "
                  "paths stay relative to the manifest)")
-  p.add_argument("--answers", help="egoschema: answers file (default: subset_answers.json "
-                 "beside the questions)")
+  p.add_argument("--answers", help="egoschema / activitynetqa: answers file (default: "
+                 "subset_answers.json / <split>_a.json beside the questions)")
   p.add_argument("--video-map", help="nextqa: video id → path map (default: "
                  "map_vid_vidorID.json beside the CSV)")
   p.add_argument("--strict", action="store_true", help="stop at the first bad item")
@@ -25,7 +25,8 @@ def register(subparsers) -> None:
 
 def convert_command(args) -> int:
   from longvid_jax.data import formats, records
-  options = {"egoschema": {"answers": args.answers}, "nextqa": {"video_map": args.video_map}}
+  options = {"egoschema": {"answers": args.answers}, "activitynetqa": {"answers": args.answers},
+             "nextqa": {"video_map": args.video_map}}
   bad: collections.Counter = collections.Counter()
 
   def good():

@@ -175,12 +175,12 @@ class FeatureCache:
 
 def precompute(recs: Iterable[records_lib.Record], cfg, encode: Callable[[np.ndarray], Any],
                encoder: str, root: str | os.PathLike, shard_bytes: int = 256 << 20,
-               strict: bool = False) -> dict[str, Any]:
+               strict: bool = False, describe=None) -> dict[str, Any]:
   """Decodes, samples and encodes each record not yet cached; returns counts.
 
   `encode(frames[T,S,S,3] float32 in [0,1]) -> features[T,h,w,C]`, e.g. a jitted
   `model.apply(..., method="features")` on one video. Sampling is the pipeline's, so the cached
-  frames are exactly the ones training would read.
+  frames are exactly the ones training would read (`describe` serves content samplers).
   """
   stats: dict[str, Any] = {"written": 0, "cached": 0, "skipped": {}}
   with FeatureCache(root, shard_bytes) as cache:
@@ -190,7 +190,7 @@ def precompute(recs: Iterable[records_lib.Record], cfg, encode: Callable[[np.nda
         if key in cache:
           stats["cached"] += 1
           continue
-        clip = clips.load_clip(rec, cfg)
+        clip = clips.load_clip(rec, cfg, describe)
       except Exception as e:  # noqa: BLE001 - one bad video must not stop a long precompute
         if strict:
           raise

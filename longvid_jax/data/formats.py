@@ -14,6 +14,13 @@ resolve against the manifest's folder.
   videomme        parquet or JSON rows: videoID, question_id, task_type, question,
                   options ("A. ..."), answer (letter)
   perceptiontest  {video_id: {metadata, mc_question: [{id, question, options, answer_id}]}}
+  clevrer         [{scene_index, video_filename, questions: [{question_id, question,
+                  question_type, answer | choices: [{choice_id, choice, answer}]}]}]
+  activitynetqa   *_q.json [{video_name, question, question_id}] + *_a.json
+                  [{question_id, answer, type}]: open-ended, scored by answer match
+
+Open-ended records carry the answer in `turns` and no `options`; `longvid eval` generates a reply
+and scores it by normalised match (or a judge model).
 """
 
 from __future__ import annotations
@@ -210,3 +217,69 @@ def perceptiontest(path: pathlib.Path, video_root: str | None = None) -> Iterato
                f"perceptiontest/{q.get('area', '')}".rstrip("/"))
 
   yield from _each(path, items, build)
+
+
+@FORMATS.register("clevrer")
+def clevrer(path: pathlib.Path, video_root: str | None = None,
+            grouped: bool = True) -> Iterator[Item]:
+  """A split's annotation file. Descriptive questions are open-ended; the multiple-choice ones
+  (explanatory, predictive, counterfactual) mark each choice correct or wrong and may have
+  several correct, so each becomes a record when exactly one is correct, and otherwise one
+  yes/no record per choice ("...: <choice>?"), CLEVRER's per-option scoring. Videos sit in the
+  release's folders of 1000 (video_10000-11000/video_10000.mp4) unless `grouped` is False."""
+  items = [(scene, q) for scene in _load_json(path) for q in scene.get("questions", [])]
+
+  def where(scene) -> str:
+    name, idx = scene["video_filename"], int(scene["scene_index"])
+    lo = idx // 1000 * 1000
+    return _video(video_root, f"video_{lo:05d}-{lo + 1000:05d}/{name}" if grouped else name)
+
+  def build(item, _):
+    scene, q = item
+    qid, kind = f"{scene['scene_index']}_{q['question_id']}", q["question_type"]
+    task, video = f"clevrer/{kind}", where(scene)
+    if "choices" not in q:
+      return [Record(id=qid, video=video, turns=((q["question"], str(q["answer"])),), task=task)]
+    texts = [c["choice"] for c in q["choices"]]
+    right = [c["answer"] == "correct" for c in q["choices"]]
+    if any(c["answer"] not in ("correct", "wrong") for c in q["choices"]):
+      raise ValueError(f"choice answers must be 'correct' or 'wrong', got "
+                       f"{[c['answer'] for c in q['choices']]}")
+    if sum(right) == 1:
+      return [_mc(qid, video, q["question"], texts, right.index(True), task)]
+    return [_mc(f"{qid}_{c['choice_id']}", video, f"{q['question'].rstrip('?')}: {t}?",
+                ("yes", "no"), 0 if ok else 1, task)
+            for c, t, ok in zip(q["choices"], texts, right)]
+
+  for got in _each(path, items, build):
+    yield from [got] if isinstance(got, ValueError) else got
+
+
+ACTIVITYNET_QA_TYPES = ("motion", "spatial", "temporal", "yes_no", "color", "object",
+                        "location", "number", "other")
+
+
+@FORMATS.register("activitynetqa")
+def activitynetqa(path: pathlib.Path, video_root: str | None = None, answers: str | None = None,
+                  prefix: str = "v_", ext: str = ".mp4") -> Iterator[Item]:
+  """Questions from `path` (e.g. test_q.json), answers from `answers` or the *_a.json beside it;
+  videos are ActivityNet's files, `v_<video_name>.mp4`. Task = the question type."""
+  ans_file = (pathlib.Path(answers) if answers
+              else path.with_name(path.name.replace("_q.json", "_a.json")))
+  if ans_file == path or not ans_file.exists():
+    raise FileNotFoundError(f"{path}: no answers file {ans_file.name} beside it; pass --answers")
+  known = {a["question_id"]: a for a in _load_json(ans_file)}
+
+  def build(d, _):
+    qid = d["question_id"]
+    if qid not in known:
+      raise ValueError(f"question {qid!r} has no answer in {ans_file.name}")
+    a = known[qid]
+    t = int(a.get("type", 8))
+    task = ACTIVITYNET_QA_TYPES[t] if 0 <= t < len(ACTIVITYNET_QA_TYPES) else str(t)
+    name = str(d["video_name"])
+    video = name if name.startswith(prefix) else prefix + name
+    return Record(id=str(qid), video=_video(video_root, video + ext),
+                  turns=((str(d["question"]), str(a["answer"])),), task=f"activitynetqa/{task}")
+
+  yield from _each(path, _load_json(path), build)

@@ -67,14 +67,21 @@ def video_spec(cfg, video_id: int) -> synthetic.VideoSpec:
                              cfg.frames_per_shot)
 
 
-def synthetic_frames(cfg, spec: synthetic.VideoSpec) -> np.ndarray:
+def synthetic_frames(cfg, spec: synthetic.VideoSpec, describe=None) -> np.ndarray:
   """The frames `data.sampler` keeps of a synthetic video, chosen by the same rule as a decoded
   one (`clips.select`); samplers that need shot scores get the generator's exact cuts, which
-  `make-benchmark --from-config` writes beside each exported video."""
+  `make-benchmark --from-config` writes beside each exported video, and content samplers the
+  run's descriptors of the rendered frames."""
   ts = np.arange(spec.num_frames) / spec.fps
   needs = samplers.SAMPLERS.get(cfg.sampler).needs
+  clips.needs_describer(cfg, describe)
   single = synthetic.cut_scores(spec) if "scores" in needs else None
-  idx, _ = clips.select(cfg, ts, 0.0, spec.num_frames / spec.fps, single)
+  features = None
+  if "features" in needs:
+    size = int(cfg.image_size)
+    features = lambda cand: describe(  # noqa: E731
+        {"synthetic": repr(spec)}, cand, lambda idx: synthetic.render(spec, size, idx))
+  idx, _ = clips.select(cfg, ts, 0.0, spec.num_frames / spec.fps, single, features)
   return idx
 
 
@@ -86,9 +93,10 @@ def synthetic_id(cfg, video_id: int) -> str:
   return f"synthetic:{int(cfg.seed)}:{int(video_id)}"
 
 
-def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.Generator):
+def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.Generator,
+            describe=None):
   spec = video_spec(cfg, video_id)
-  frames = synthetic.render(spec, cfg.image_size, synthetic_frames(cfg, spec))
+  frames = synthetic.render(spec, cfg.image_size, synthetic_frames(cfg, spec, describe))
   out = {"frames": frames.astype(np.float32) / 255.0}
   make = tasks.TASKS.get(task).turns
   if make is None:
@@ -148,8 +156,9 @@ class ManifestSource:
   """Records of one split and how to turn record i into an example."""
 
   def __init__(self, cfg, split: str, task: str, tok, num_visual: int,
-               encoder_fingerprint: str | None = None):
+               encoder_fingerprint: str | None = None, describe=None):
     self.cfg, self.task, self.tok, self.num_visual = cfg, task, tok, num_visual
+    self.describe = describe
     self.strict = bool(cfg.strict)
     self.skips = Skips(cfg.skip_log_every)
     self.records: list[records.Record] = []
@@ -191,7 +200,7 @@ class ManifestSource:
       out = {"features": got["features"].astype(np.float32)}
       ts, duration = got["timestamps"], float(got["duration"][0])
     else:
-      clip = clips.load_clip(rec, self.cfg)
+      clip = clips.load_clip(rec, self.cfg, self.describe)
       out = {"frames": clip.frames.astype(np.float32) / 255.0}
       ts, duration = clip.timestamps, clip.duration
     if tasks.TASKS.get(self.task).turns is None:
@@ -347,8 +356,9 @@ class Batches(grain.MapDataset):
 
 def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
             split: str = "train", process_index: int = 0, process_count: int = 1,
-            encoder_fingerprint: str | None = None) -> Batches:
-  """Infinite, batched MapDataset; index i is this process's part of global batch i."""
+            encoder_fingerprint: str | None = None, describe=None) -> Batches:
+  """Infinite, batched MapDataset; index i is this process's part of global batch i.
+  `describe` (`runs.Setup.describer`) serves the samplers that choose by content."""
   tasks.TASKS.get(task)  # an unknown name lists the known ones
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} must lie in [0, {process_count})")
@@ -359,11 +369,12 @@ def dataset(cfg, task: str, tok, num_visual: int, batch_size: int, seed: int,
   if source == "synthetic":
     ids = split_ids(cfg, split)
     ds = grain.MapDataset.source(ids).shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(lambda vid, rng: {**example(cfg, task, tok, num_visual, vid, rng),
+    ds = ds.random_map(lambda vid, rng: {**example(cfg, task, tok, num_visual, vid, rng,
+                                                   describe),
                                          RECORD_ID: np.asarray(synthetic_id(cfg, vid))},
                        seed=seed)
   elif source == "manifest":
-    src = ManifestSource(cfg, split, task, tok, num_visual, encoder_fingerprint)
+    src = ManifestSource(cfg, split, task, tok, num_visual, encoder_fingerprint, describe)
     skips = src.skips
     order = grain.MapDataset.source(src.pool).shuffle(seed=seed).repeat(None)
     ds = _Examples(order, src, seed)

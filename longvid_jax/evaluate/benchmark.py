@@ -1,9 +1,12 @@
-"""Multiple-choice evaluation over a Record manifest: accuracy per task, visual tokens and
-seconds per sample, as JSON and as a table.
+"""Evaluation over a Record manifest: accuracy per task with its 95% interval and chance level,
+visual tokens and seconds per sample, as JSON and as a table.
 
-An answerer maps a record to {"choice": option index or None, ...}; the model (log-likelihood
-ranking or generation plus parsing), the frame oracle and the option prior all fit that shape, so
-their numbers land in the same table.
+Multiple-choice records (options + answer_index) and open-ended ones (an answer, no options) mix
+freely. An answerer maps a record to {"choice": option index or None, ...} or, for an open-ended
+record, {"reply": text, ...}; the model (log-likelihood ranking or generation plus parsing), the
+frame oracle and the answer prior all fit that shape, so their numbers land in the same table.
+Open-ended replies are scored by normalised match, or by a judge model when one is given
+(`evaluate/openended.py`); their chance level is the most common answer's share of the task.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from longvid_jax.data import pipeline, records, shots, video
 from longvid_jax.data.records import LETTERS, Record, RecordError
-from longvid_jax.evaluate import oracle
+from longvid_jax.evaluate import openended, oracle
 from longvid_jax.sampling import samplers
 
 Answerer = Callable[[Record], dict]
@@ -70,6 +73,8 @@ class OracleAnswerer:
     return sel.indices[sel.valid]
 
   def __call__(self, record: Record) -> dict:
+    if not record.options:  # the oracle reads the generator's multiple-choice questions only
+      return {"reply": "", "visual_tokens": 0}
     idx = self.indices(record)
     return {"choice": oracle.oracle_choice(record, idx), "visual_tokens": 0,
             "evidence_seen": oracle.evidence_seen(record, idx)}
@@ -128,13 +133,23 @@ class ModelAnswerer:
     self._open(recs[0])
     pre = self.p.preamble(self._clip)
     frames = self._clip.indices[self._clip.valid].tolist()
-    questions = [(r.question, r.options) for r in recs]
-    if self.mode == "generate":
+    answers: dict[int, dict] = {}
+    open_ = [i for i, r in enumerate(recs) if not r.options]
+    if open_:  # free-form questions are answered by generation in every mode
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      texts = [self.p.generate(feats, records.multiple_choice_question(q, o), pre,
-                               self.max_new_tokens).text
-               for q, o in questions]
-      answers = [{"choice": parse_choice(t, r.options), "reply": t} for t, r in zip(texts, recs)]
+      for i in open_:
+        answers[i] = {"reply": self.p.generate(feats, recs[i].question, pre,
+                                               self.max_new_tokens).text}
+    mc = [i for i, r in enumerate(recs) if r.options]
+    questions = [(recs[i].question, recs[i].options) for i in mc]
+    if not mc:
+      pass
+    elif self.mode == "generate":
+      feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
+      for i, (q, o) in zip(mc, questions):
+        t = self.p.generate(feats, records.multiple_choice_question(q, o), pre,
+                            self.max_new_tokens).text
+        answers[i] = {"choice": parse_choice(t, o), "reply": t}
     else:
       if self.blank:
         scores = self._blank_loglik(questions, pre)
@@ -142,8 +157,9 @@ class ModelAnswerer:
         scores = self.p.loglik_many(self._feats, questions, pre)
         if self.mode == "calibrated":
           scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, pre))]
-      answers = [{"choice": int(np.argmax(s)), "scores": [round(float(v), 4) for v in s]}
-                 for s in scores]
+      for i, sc in zip(mc, scores):
+        answers[i] = {"choice": int(np.argmax(sc)), "scores": [round(float(v), 4) for v in sc]}
+    answers = [answers[i] for i in range(len(recs))]
     out = []
     for r, a in zip(recs, answers):
       row = {"visual_tokens": self.p.num_visual, "frames": frames, **a}
@@ -153,19 +169,27 @@ class ModelAnswerer:
     return out
 
 
+def is_open(r: Record) -> bool:
+  """An open-ended record: an answer to match and no options to choose from."""
+  return not r.options and bool(r.answer)
+
+
 def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
              progress: bool = False, strict: bool = False,
-             skips: pipeline.Skips | None = None) -> dict:
-  """Run `answer` over multiple-choice records; returns {"rows": [...], "summary": {...}}.
+             skips: pipeline.Skips | None = None, judge=None) -> dict:
+  """Run `answer` over multiple-choice and open-ended records; returns {"rows": [...],
+  "summary": {...}}. `judge` (an `openended.Judge`) decides open-ended replies instead of
+  normalised match.
 
   The training pipeline's policy for bad input: a record whose video cannot be read (missing,
   corrupt, truncated to nothing) is skipped and counted by reason in `summary["skipped"]`, so
   one bad file costs its questions, not the evaluation; `strict` raises instead. `skips` may
   already hold the manifest's bad lines."""
   skips = skips if skips is not None else pipeline.Skips()
-  recs = [r for r in recs if r.options and r.answer_index is not None][:limit]
+  recs = [r for r in recs if (r.options and r.answer_index is not None) or is_open(r)][:limit]
   if not recs:
-    raise ValueError("no multiple-choice records (options + answer_index) to evaluate")
+    raise ValueError("no records to evaluate: need multiple choice (options + answer_index) or "
+                     "open-ended ones (an answer in turns, no options)")
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -187,9 +211,8 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
       continue
     seconds = round((time.time() - t0) / len(group), 4)
     for r, out in zip(group, outs):
-      rows.append({"id": r.id, "task": r.task, "answer_index": r.answer_index,
-                   "num_options": len(r.options), "correct": out.get("choice") == r.answer_index,
-                   "seconds": seconds, **out})
+      rows.append({"id": r.id, "task": r.task, "seconds": seconds,
+                   **(_open_row(r, out, judge) if is_open(r) else _choice_row(r, out))})
     if bar is not None:
       bar.update(len(group))
   if bar is not None:
@@ -197,10 +220,40 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
   if not rows:
     raise ValueError(f"no record could be evaluated ({skips.summary()}); see the warnings above, "
                      "or rerun with --strict to stop at the first")
+  _open_chance(rows)
   summary = summarise(rows)
+  if judge is not None:
+    summary["judge"] = judge.source
   summary["skipped"] = {"n": sum(skips.counts.values()), "by_reason": dict(skips.counts)}
   return {"rows": rows, "summary": summary,
           "skipped": [{"record": k, "reason": r, "message": m} for k, (r, m) in skips.bad.items()]}
+
+
+def _choice_row(r: Record, out: dict) -> dict:
+  return {"answer_index": r.answer_index, "num_options": len(r.options),
+          "chance": 1 / len(r.options), "correct": out.get("choice") == r.answer_index, **out}
+
+
+def _open_row(r: Record, out: dict, judge) -> dict:
+  reply = str(out.get("reply", ""))
+  row = {"open": True, "answer": r.answer, **out, "reply": reply,
+         "exact": openended.exact(reply, r.answer), "match": openended.match(reply, r.answer)}
+  if judge is not None:
+    row.update(judge(r.question, r.answer, reply))
+  row["correct"] = row["judge"] if judge is not None else row["match"]
+  return row
+
+
+def _open_chance(rows: list[dict]) -> None:
+  """An open-ended row's chance level: the most common answer's share of its task."""
+  by = collections.defaultdict(list)
+  for row in rows:
+    if row.get("open"):
+      by[row["task"]].append(row)
+  for rs in by.values():
+    rate = openended.majority_rate([r["answer"] for r in rs])
+    for r in rs:
+      r["chance"] = rate
 
 
 def _by_clip(recs: Sequence[Record]) -> list[list[Record]]:
@@ -231,7 +284,7 @@ def _accuracy(rows: list[dict]) -> dict:
   k = sum(bool(r["correct"]) for r in rows)
   return {"n": len(rows), "accuracy": k / len(rows),
           "ci95": [round(b, 4) for b in wilson(k, len(rows))],
-          "chance": float(np.mean([1 / r["num_options"] for r in rows]))}
+          "chance": float(np.mean([r["chance"] for r in rows]))}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -246,11 +299,15 @@ def summarise(rows: list[dict]) -> dict:
     if seen:
       tasks[t]["evidence_seen"] = float(np.mean(seen))
   seen = [r["evidence_seen"] for r in rows if "evidence_seen" in r]
+  free = [r for r in rows if r.get("open")]
   return {
       **({"evidence_seen": float(np.mean(seen))} if seen else {}),
+      **({"open_ended": {"n": len(free), **{k: float(np.mean([r[k] for r in free]))
+                                            for k in ("exact", "match", "judge")
+                                            if k in free[0]}}} if free else {}),
       **_accuracy(rows),
       "mean_task_accuracy": float(np.mean([v["accuracy"] for v in tasks.values()])),
-      "unparsed": sum(r.get("choice") is None for r in rows),
+      "unparsed": sum(r.get("choice") is None for r in rows if not r.get("open")),
       "visual_tokens_per_sample": float(np.mean([r.get("visual_tokens", 0) for r in rows])),
       "seconds_per_sample": float(np.mean([r["seconds"] for r in rows])),
       "tasks": tasks,
@@ -281,6 +338,12 @@ def table(summary: dict, title: str = "") -> str:
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(skipped["by_reason"].items()))
     lines += ["", f"skipped {skipped['n']} records that could not be read ({reasons}); they are "
               "not in n"]
+  free = summary.get("open_ended")
+  if free:
+    by = f", judge ({summary['judge']}) {free['judge']:.3f}" if "judge" in free else ""
+    lines += ["", f"open-ended: {free['n']} questions, exact match {free['exact']:.3f}, "
+              f"normalised match {free['match']:.3f}{by}; chance there is the most common "
+              "answer's share of its task"]
   if "visual_tokens_per_sample" in summary:
     lines += ["", f"visual tokens/sample: {summary['visual_tokens_per_sample']:.0f}, "
               f"seconds/sample: {summary['seconds_per_sample']:.3f}, "

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
   p.add_argument("--json", action="store_true")
   p.set_defaults(func=ask_command)
 
-  p = subparsers.add_parser("eval", help="accuracy of a run on a multiple-choice manifest")
+  p = subparsers.add_parser("eval", help="accuracy of a run on a manifest of multiple-choice "
+                            "and open-ended questions")
   p.add_argument("checkpoint", help="a run's workdir or params folder; or a baseline: "
                  "'oracle' (ground truth of the sampled frames) or 'prior' (needs --train)")
   p.add_argument("dataset", help="a Record manifest (.jsonl)")
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
   p.add_argument("--shot-scores", default="transnetv2", choices=["transnetv2", "truth"],
                  help="oracle with avs: detector scores or the generator's cuts")
   p.add_argument("--train", help="prior baseline: the training manifest it counts answers in")
+  p.add_argument("--judge", metavar="LLM", help="open-ended answers: a text LLM (Hugging Face "
+                 "directory or hub id, or GGUF, with its tokenizer) that decides whether a reply "
+                 "means the reference answer (default: normalised match)")
   p.add_argument("--out", help="results JSON (default: next to the checkpoint, or stdout only)")
   p.add_argument("--strict", action="store_true", help="stop at the first unreadable video or "
                  "manifest line (default: skip it and count it by reason)")
@@ -112,8 +116,7 @@ def eval_command(args) -> int:
   elif args.checkpoint == "prior":
     if not args.train:
       raise ValueError("the prior baseline needs --train MANIFEST")
-    prior = oracle.PriorBaseline(read_records(args.train))
-    answer = lambda r: {"choice": prior.choice(r)}  # noqa: E731
+    answer = oracle.PriorBaseline(read_records(args.train))
     name = "prior"
   else:
     from longvid_jax.evaluate.predictor import Predictor
@@ -122,8 +125,12 @@ def eval_command(args) -> int:
     answer = benchmark.ModelAnswerer(pred, args.mode)
     name = f"{pathlib.Path(args.checkpoint).name}/{args.mode}/{pred.sampler_name}/k{pred.k}" + (
         "/blind" if args.blind else "")
+  judge = None
+  if args.judge:
+    from longvid_jax.evaluate import openended
+    judge = openended.Judge(args.judge)
   result = benchmark.evaluate(recs, answer, args.limit, progress=True, strict=args.strict,
-                              skips=skips)
+                              skips=skips, judge=judge)
   result["name"], result["dataset"] = name, str(args.dataset)
   print(benchmark.table(result["summary"], f"{name} on {args.dataset}"))
   out = args.out

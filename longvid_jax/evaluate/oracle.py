@@ -64,7 +64,8 @@ def evidence_seen(record: Record, indices: Sequence[int]) -> bool:
 
 
 class PriorBaseline:
-  """Per task, the answer text most often right in `train` (the first option when absent)."""
+  """Per task, the answer text most often right in `train` (the first option when absent); an
+  open-ended question gets that text as its reply."""
 
   def __init__(self, train: Iterable[Record]):
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -77,3 +78,8 @@ class PriorBaseline:
       if a in record.options:
         return record.options.index(a)
     return 0
+
+  def __call__(self, record: Record) -> dict:
+    if not record.options:
+      return {"reply": next(iter(self.best.get(record.task, ())), "")}
+    return {"choice": self.choice(record)}

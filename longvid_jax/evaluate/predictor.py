@@ -64,6 +64,7 @@ class Predictor:
     self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
     self.tok, self.model, self.num_visual = s.tokenizer, s.model, s.num_visual
     self.params = s.load_params(run.params_dir)
+    self.describe = s.describer(self.params) if clips.reads_features(d) else None
     self._features = jax.jit(lambda p, f: self.model.apply({"params": p}, f,
                                                            method=VideoLLM.features))
     self._score_fn = jax.jit(self._option_logprobs)
@@ -80,7 +81,7 @@ class Predictor:
            scores: str | None = None) -> Clip:
     """The frames training would take of `video` (or of its [start, end) seconds)."""
     rec = records.Record(id=str(video), video=str(video), start=start, end=end, scores=scores)
-    return clips.load_clip(rec, self.config.data)
+    return clips.load_clip(rec, self.config.data, self.describe)
 
   def features(self, clip: Clip, blank: bool = False) -> jax.Array:
     frames = clip.frames.astype(np.float32)[None] / 255.0

@@ -27,7 +27,7 @@ import jax
 
 from longvid_jax import config as config_lib
 from longvid_jax import runs
-from longvid_jax.data import features, pipeline
+from longvid_jax.data import clips, features, pipeline
 from longvid_jax.models import build
 from longvid_jax.models.reducers.base import Autoencoder
 from longvid_jax.parallel import distributed
@@ -162,10 +162,14 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
                 else "")
       log.info("stage %d/%d %s: %d steps%s, training %s", i + 1, len(recipe), name, scfg.steps,
                tokens, ", ".join(scfg.trainable))
+      # content samplers choose with the encoder as the stage starts (a cache already chose)
+      describe = (s.describer(params) if clips.reads_features(data) and not data.features
+                  else None)
       ds = pipeline.dataset(data, scfg.task, s.tokenizer, s.num_visual, scfg.batch_size,
                             seed=config.seed + i, process_index=jax.process_index(),
                             process_count=jax.process_count(),
-                            encoder_fingerprint=_encoder_fingerprint(config, params))
+                            encoder_fingerprint=_encoder_fingerprint(config, params),
+                            describe=describe)
       put = lambda b: distributed.put_batch(b, batch_sharding)  # noqa: E731
       params, result = stage_lib.run_stage(
           name, i, len(recipe), scfg, model, params,

@@ -1,4 +1,5 @@
-"""`longvid shots` and `longvid sample`: shot boundaries and frame selection for one video."""
+"""`longvid shots` and `longvid sample`: shot boundaries and frame selection for one video (the
+content samplers choose with a trained run's encoder, so `sample` can open a run)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def register(subparsers) -> None:
   p.add_argument("--rate", type=int, default=3, help="multirate: frames per clip")
   p.add_argument("--r", type=int, default=2, help="fila: supplements per scene")
   p.add_argument("--similarity", type=float, default=0.83, help="longvu: redundancy threshold")
+  p.add_argument("--run", help="fila / longvu: the trained run whose vision encoder describes "
+                 "the frames (they choose by the model's own features)")
   p.add_argument("--json", action="store_true", help="print {indices, timestamps} as JSON")
   p.add_argument("--plot", metavar="PNG", help="draw the score curve and picked thumbnails")
   _detector_args(p)
@@ -81,7 +84,19 @@ def shots_command(args) -> int:
   return 0
 
 
+def _describer(run_path: str | None, method: str):
+  if not run_path:
+    raise ValueError(f"--method {method} picks frames by a model's vision features: name the "
+                     "trained run with --run RUN")
+  from longvid_jax import runs  # pylint: disable=g-import-not-at-top
+  run = runs.open_run(run_path)
+  s = runs.setup(run.config, mesh={k: (1 if v == -1 else v) for k, v in
+                                   {**dict(run.config.mesh), "data": 1}.items()})
+  return s.describer(s.load_params(run.params_dir))
+
+
 def sample_command(args) -> int:
+  from longvid_jax.data import video
   from longvid_jax.data.video import VideoReader
   from longvid_jax.sampling.samplers import SAMPLERS, shot_start_scores
   options = {"avs": {"window": args.nms_window, "threshold": args.threshold},
@@ -91,9 +106,14 @@ def sample_command(args) -> int:
     sampler = SAMPLERS.get(args.method)(**options)
     with VideoReader(args.video) as reader:
       n = reader.info.num_frames
-      pred = _detect(args) if (sampler.needs or args.plot) else None
+      pred = _detect(args) if ("scores" in sampler.needs or args.plot) else None
       scores = shot_start_scores(pred.single) if pred is not None else None
-      feats = pred.embeddings if pred is not None else None
+      feats = None
+      if "features" in sampler.needs and n > args.k:
+        describe = _describer(args.run, args.method)
+        size = describe.image_size
+        feats = describe(video.video_identity(args.video), np.arange(n),
+                         lambda idx: reader.read(idx, size=(size, size)).frames)
       sel = sampler(args.k, num_frames=n, scores=scores, features=feats)
       idx = sel.indices[sel.valid]
       stamps = reader.read(idx, size=(16, 16)).timestamps  # frame-exact times

@@ -5,6 +5,8 @@ loaded by hub id from the Hugging Face cache or the hub; without either, loading
 line saying how to provide the weights); variants:
   runlocal   the same recipe for one CPU: small pretrained models (EfficientNet-Lite0 on
              ImageNet, SmolLM2-135M-Instruct), few frames, steps and small batches.
+  datasets   each stage reads the paper's dataset for it (manifests; see `datasets`).
+  tokens1440 the paper's average budget: as many frames as make ~1,440 visual tokens.
 
 `model.<group>.weights` names a checkpoint for that group (encoder, reducer, projector, llm);
 `model.init_from` names a params checkpoint (`longvid import` writes one) that replaces every
@@ -14,7 +16,10 @@ Token arithmetic (the run logs it as "visual tokens: ..."): SigLIP-so400m at 384
 27×27 grid per frame; the SVC pads it to 28×28 for its 4×4 spatial strides, and 32 frames to
 8 temporal slots, so a video becomes 8·7·7 = 392 tokens: 32·729 / 392 = 59.5× fewer, not 64×,
 because of the padding. The paper's ~1,440 tokens per video on average correspond to
-1440 / 49 ≈ 29 temporal slots, i.e. ~118 frames per video at this resolution.
+1440 / 49 ≈ 29 temporal slots: `tokens1440` takes 29 · 4 = 116 frames per video, which gives
+29·7·7 = 1,421 tokens (30 slots would give 1,470), 116·729 / 1421 = 59.5× fewer, and grows
+seq_len by the 1,029 extra tokens. The paper's count is an average over videos of different
+lengths; here every video gets the same budget, so batches keep one static shape.
 """
 
 import pathlib
@@ -56,9 +61,28 @@ def get_config(arg=None):
     runlocal(c)
   elif arg == "datasets":
     datasets(c)
+  elif arg == "tokens1440":
+    visual_tokens(c, 1440)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use runlocal, datasets or nothing")
+    raise ValueError(f"unknown variant {arg!r}; use runlocal, datasets, tokens1440 or nothing")
   return c
+
+
+def visual_tokens(c: ml_collections.ConfigDict, target: int) -> None:
+  """Frames per video (a multiple of the temporal stride) whose visual tokens come closest to
+  `target`; seq_len grows by the extra tokens so the text keeps its room."""
+  from longvid_jax.models import build  # pylint: disable=g-import-not-at-top
+  m = build.model(c.model, 0)  # shapes only: no weights are read
+  (h, w), stride = m.encoder.grid, int(c.model.reducer.args.strides[0])
+  before = m.reducer.num_tokens(int(c.data.num_frames), h, w)
+  frames = min(range(stride, 4097, stride), key=lambda t: abs(m.reducer.num_tokens(t, h, w)
+                                                              - target))
+  extra = m.reducer.num_tokens(frames, h, w) - before
+  c.data.num_frames = frames
+  c.data.seq_len += extra
+  for s in c.stages.values():
+    if s.seq_len is not None:
+      s.seq_len += extra
 
 
 DATA = pathlib.Path("data") / "paper"  # relative to where `longvid run` starts

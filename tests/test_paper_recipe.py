@@ -34,6 +34,12 @@ def test_paper_token_budget_from_the_abstract_model():
   assert budget == {"frames": 32, "grid": [27, 27], "encoder_tokens": 32 * 729,
                     "visual_tokens": 392, "per_frame": 12.25, "ratio": 59.51}
   assert "392 visual tokens per video" in build.describe_budget(budget)
+  c = config_lib.load(PAPER + ":tokens1440")  # the paper's ~1,440-token average
+  config_lib.validate(c)
+  budget = build.token_budget(build.model(c.model, 0), c)
+  assert budget == {"frames": 116, "grid": [27, 27], "encoder_tokens": 116 * 729,
+                    "visual_tokens": 29 * 49, "per_frame": 12.25, "ratio": 59.51}
+  assert c.data.seq_len == 2048 + 29 * 49 - 392
 
 
 @pytest.mark.parametrize("part", ["tokenizer", "encoder", "llm"])

@@ -220,6 +220,7 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{w}trainable names {bad}; the param groups are {', '.join(GROUPS)}")
     _at_least(s.grad_accum, 1, w + "grad_accum", "batches per optimiser update")
     _at_least(s.warmup_steps, 0, w + "warmup_steps")
+    _at_least(s.snapshot_every, 0, w + "snapshot_every", "0 turns snapshots off")
     _at_least(s.weight_decay, 0.0, w + "weight_decay")
     _at_least(s.grad_clip, 0.0, w + "grad_clip", strict=True)
   _at_least(config.seed, 0, "seed")
@@ -472,6 +473,9 @@ def stage(**fields) -> ml_collections.ConfigDict:
       grad_accum=1,  # batches per optimiser update (optax.MultiSteps)
       seq_len=None,  # tokens per example; None: data.seq_len (captions need fewer than QA turns)
       keep_checkpoints=False,  # keep checkpoints/ (train states) once the stage is done
+      # params every N steps under snapshots/<step>, kept for learning curves
+      # (`longvid eval RUN DATA --curve`); 0: none
+      snapshot_every=0,
       # non-finite loss or gradients: "stop" raises, "skip" drops that update and goes on
       nan_policy="stop",
       debug_nan_steps=(),  # fault injection: these steps' frames are made NaN

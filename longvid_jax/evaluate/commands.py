@@ -58,6 +58,9 @@ def register(subparsers) -> None:
   p.add_argument("--out", help="results JSON (default: next to the checkpoint, or stdout only)")
   p.add_argument("--strict", action="store_true", help="stop at the first unreadable video or "
                  "manifest line (default: skip it and count it by reason)")
+  p.add_argument("--curve", action="store_true", help="score every snapshot the run kept "
+                 "(stages.NAME.snapshot_every) and each stage's final params: accuracy against "
+                 "training steps, as a table, JSON and PNG under RUN/eval/")
   p.set_defaults(func=eval_command)
 
 
@@ -104,11 +107,29 @@ def read_records(path: str, skips=None, strict: bool = True) -> list:
   return out
 
 
+def _curve(args, recs) -> int:
+  from longvid_jax.evaluate import curve
+  if args.checkpoint in BASELINES:
+    raise ValueError("--curve scores a run's snapshots; name a run workdir")
+  result = curve.curve(args.checkpoint, recs, args.mode, args.limit, progress=True)
+  result["dataset"] = str(args.dataset)
+  print(curve.table(result))
+  stem = pathlib.Path(args.out) if args.out else (
+      pathlib.Path(args.checkpoint) / "eval" / f"curve_{pathlib.Path(args.dataset).stem}")
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  png = curve.plot(result, stem.with_suffix(".png"), f"{args.checkpoint} on {args.dataset}")
+  print(f"results: {stem.with_suffix('.json')}\nplot: {png}")
+  return 0
+
+
 def eval_command(args) -> int:
   from longvid_jax.data import pipeline
   from longvid_jax.evaluate import benchmark, oracle
   skips = pipeline.Skips()
   recs = read_records(args.dataset, skips, args.strict)
+  if args.curve:
+    return _curve(args, recs)
   if args.checkpoint == "oracle":
     answer = benchmark.OracleAnswerer(args.sampler or "uniform", args.frames or 8,
                                       args.shot_scores)

@@ -72,6 +72,13 @@ class Predictor:
     log.info("loaded %s (%s sampler, k=%d, %d visual tokens)", run.params_dir, self.sampler_name,
              self.k, self.num_visual)
 
+  def use_params(self, path: str | pathlib.Path) -> None:
+    """Answer with other params of the same run (a snapshot or another stage's): the compiled
+    programs take params as an argument, so nothing compiles again."""
+    self.params = self.setup.load_params(path)
+    if self.describe is not None:
+      self.describe = self.setup.describer(self.params)
+
   def _ctx(self):
     return self.setup.scope()
 

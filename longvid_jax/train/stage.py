@@ -141,6 +141,10 @@ def _open_iterator(batches: Callable[[int], Iterator[dict]], start: int, saved: 
   return batches(start), start
 
 
+def snapshot_dir(stage_dir: pathlib.Path, step: int) -> pathlib.Path:
+  return stage_dir / "snapshots" / f"{step:07d}"
+
+
 def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
               batches: Callable[[int], Iterator[dict]], stage_dir: pathlib.Path,
               seed: int, put_batch: Callable[[dict], Any] = lambda b: b,
@@ -217,7 +221,8 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
       # the stage's result and the state would be deleted unread.
       last, periodic = done == cfg.steps, done % cfg.checkpoint_every == 0
       save_now = stop or (last or periodic if keep else periodic and not last)
-      if log_now or save_now:  # never log or save a step before its flag is known
+      snap_now = bool(cfg.snapshot_every) and done % cfg.snapshot_every == 0 and not last
+      if log_now or save_now or snap_now:  # never log or save a step before its flag is known
         check(*pending)
         pending = None
       if log_now:
@@ -228,6 +233,8 @@ def run_stage(name: str, index: int, total: int, cfg, model: VideoLLM, params,
         bar.set_postfix(loss=f"{float(scalars['loss']):.4f}")
       if save_now:
         checkpoint.save(mngr, done, state, data_state(), force=True)
+      if snap_now:  # the last step's params are the stage's own
+        checkpoint.save_params(snapshot_dir(stage_dir, done), state["params"])
       bar.update(1)
       if stop and done < cfg.steps:
         status, step = "preempted", done

@@ -1,10 +1,10 @@
 """Everything a command needs before it computes: `setup(config)` and `open_run(path)`.
 
-`setup` turns a config into the tokenizer, the model, the mesh and rules, and the shapes and
-shardings of every param; training, evaluation, export and the tools all start here. A part whose
-config names `weights` takes its shapes from that checkpoint. `open_run` finds a run's config and
-final params from a workdir (moved or not), a `longvid import` output, or a params folder inside
-either.
+`setup` turns a config into the tokenizer, the model, the mesh and rules, and (traced when first
+asked for) the shapes and shardings of every param; training, evaluation, export and the tools
+all start here. A part whose config names `weights` takes its shapes from that checkpoint.
+`open_run` finds a run's config and final params from a workdir (moved or not), a `longvid
+import` output, or a params folder inside either.
 
 Initial params come, per group (encoder, reducer, projector, llm), from the checkpoint
 `model.init_from` names (every group at once), the checkpoint a group's own `weights` names, or
@@ -131,8 +131,21 @@ class Setup:
   num_visual: int
   mesh: jax.sharding.Mesh
   rules: tuple
-  abstract: dict  # ShapeDtypeStructs with shardings, no memory
-  shardings: dict
+
+  @functools.cached_property
+  def _plan(self) -> tuple[dict, dict]:
+    """Traced on first use (seconds for a big model): a run's own params need no tracing."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return build.abstract_params(self.model, self.config, self.mesh, self.rules)
+
+  @property
+  def abstract(self) -> dict:
+    """ShapeDtypeStructs with shardings, no memory."""
+    return self._plan[0]
+
+  @property
+  def shardings(self) -> dict:
+    return self._plan[1]
 
   def scope(self) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
@@ -140,8 +153,14 @@ class Setup:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
-  def load_params(self, path: str | pathlib.Path) -> dict:
+  def load_params(self, path: str | pathlib.Path, as_saved: bool = False) -> dict:
+    """Params of `path` placed as this model shards them. `as_saved` on one device takes the
+    shapes from the checkpoint instead of tracing the model (for a run's own params, which fit
+    by construction): `ask` starts seconds sooner."""
     with self.scope():
+      if as_saved and self.mesh.devices.size == 1:
+        return checkpoint.load_params_as_saved(
+            pathlib.Path(path), jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
       return checkpoint.load_params(pathlib.Path(path), self.abstract)
 
   def describer(self, params: dict, batch: int = 16) -> descriptors.Describer:
@@ -207,10 +226,7 @@ def setup(config, mesh: jax.sharding.Mesh | Mapping[str, int] | None = None,
   if not isinstance(mesh, jax.sharding.Mesh):
     mesh = mesh_lib.make_mesh(dict(config.mesh) if mesh is None else dict(mesh))
   rules = mesh_lib.rules_from_config(config.sharding_rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = build.abstract_params(model, config, mesh, rules)
-  return Setup(config, tok, model, build.num_visual_tokens(model, config), mesh, rules,
-               abstract, shardings)
+  return Setup(config, tok, model, build.num_visual_tokens(model, config), mesh, rules)
 
 
 # --- finished runs -------------------------------------------------------------------------------

@@ -107,10 +107,10 @@ def test_wilson_interval():
   assert lo < 0.3 < hi and np.isclose(hi - lo, 2 * 1.96 * np.sqrt(
       0.3 * 0.7 / 100 + z2 / 40000) / (1 + z2 / 100))
   assert benchmark.wilson(0, 0) == (0.0, 1.0)
-  rows = [{"task": "a", "correct": c, "num_options": 4, "seconds": 0.1}
+  rows = [{"task": "a", "correct": c, "num_options": 4, "chance": 0.25, "seconds": 0.1}
           for c in (True, False, False, False)]
   s = benchmark.summarise(rows)
-  assert s["accuracy"] == 0.25 and s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]
+  assert s["accuracy"] == s["chance"] == 0.25 and s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ class Predictor:
     sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
     self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
     self.tok, self.model, self.num_visual = s.tokenizer, s.model, s.num_visual
-    self.params = s.load_params(run.params_dir)
+    self.params = s.load_params(run.params_dir, as_saved=True)
     self.describe = s.describer(self.params) if clips.reads_features(d) else None
     self._features = jax.jit(lambda p, f: self.model.apply({"params": p}, f,
                                                            method=VideoLLM.features))
@@ -75,7 +75,7 @@ class Predictor:
   def use_params(self, path: str | pathlib.Path) -> None:
     """Answer with other params of the same run (a snapshot or another stage's): the compiled
     programs take params as an argument, so nothing compiles again."""
-    self.params = self.setup.load_params(path)
+    self.params = self.setup.load_params(path, as_saved=True)
     if self.describe is not None:
       self.describe = self.setup.describer(self.params)
 

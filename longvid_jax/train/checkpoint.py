@@ -172,6 +172,23 @@ def save_params(path: pathlib.Path, params) -> None:
     ckptr.save(path.absolute(), params, force=True)
 
 
+def load_params_as_saved(path: pathlib.Path, sharding: jax.sharding.Sharding) -> dict:
+  """Params as they were saved (tree, shapes, dtypes from the checkpoint), every leaf placed
+  with `sharding`."""
+  if not path.exists():
+    raise FileNotFoundError(f"no saved params at {path}; rerun the stage that writes them")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      meta = ckptr.metadata(path.absolute())
+      tree = getattr(meta, "item_metadata", meta)
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                              getattr(tree, "tree", tree))
+      return ckptr.restore(path.absolute(), abstract)
+  except Exception as e:
+    raise ValueError(f"the saved params at {path} are unreadable ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200]})") from None
+
+
 def load_params(path: pathlib.Path, target):
   """Params saved by a finished stage, restored into `target`'s structure and shardings."""
   if not path.exists():

@@ -110,7 +110,8 @@ def test_wilson_interval():
   rows = [{"task": "a", "correct": c, "num_options": 4, "chance": 0.25, "seconds": 0.1}
           for c in (True, False, False, False)]
   s = benchmark.summarise(rows)
-  assert s["accuracy"] == s["chance"] == 0.25 and s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]
+  assert s["accuracy"] == s["chance"] == 0.25
+  assert s["ci95"] == [round(b, 4) for b in benchmark.wilson(1, 4)]
 
 
 @pytest.mark.slow

@@ -189,3 +189,31 @@ def test_eval_benchmark_agrees_with_ask_and_reports_rates(run_dir, manifest, cap
   assert r["questions"] == 4 and r["eval_questions_per_s"] > 0 and r["ask_questions_per_s"] > 0
   assert r["command_cold_s"] > 0 and r["command_warm_s"] > 0
   assert "questions/s" in capsys.readouterr().out
+
+
+def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp_path):
+  """A run trained on the synthetic source ranks option texts after the bare question (what it
+  trained on); one whose last stage read a manifest ranks the letters after the lettered
+  question, and the scored row of the right answer is that record's training example."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from longvid_jax.data import prompts  # pylint: disable=g-import-not-at-top
+  r = next(r for _, r in records.read_manifest(manifest))
+  p = Predictor(run_dir)
+  assert p.choices(r.question, r.options) == (r.question, list(r.options))
+  other = tmp_path / "run"
+  shutil.copytree(run_dir, other)
+  c = config_lib.from_json(other / "config.json")
+  c.data.update(source="manifest", manifest=str(manifest))
+  (other / "config.json").write_text(c.to_json_best_effort(indent=2))
+  q = Predictor(other)
+  prompt, targets = q.choices(r.question, r.options)
+  assert (prompt, targets[r.answer_index]) == r.text() and targets[:2] == ["A", "B"]
+  ids, rows = q._targets(prompt, targets, None)  # pylint: disable=protected-access
+  ex = prompts.encode_conversation(q.tok, [r.text()], q.num_visual, 256, system=q.system)
+  n = int(ex["attention_mask"].sum())
+  want = ex["input_ids"][:n].tolist()
+  assert ids + rows[r.answer_index].tolist() == want
+  assert ex["loss_mask"][len(ids):n].all() and not ex["loss_mask"][:len(ids)].any()
+  scores = q.loglik(q.features(q.clip(r.video)), prompt, targets)
+  res = benchmark.evaluate([r], benchmark.ModelAnswerer(q, "loglik"))
+  assert res["rows"][0]["choice"] == int(np.argmax(scores))

@@ -86,9 +86,12 @@ MODES = ("loglik", "calibrated", "generate")
 class ModelAnswerer:
   """A Predictor; a video's features are computed once for all its questions in a row.
 
-  Modes: `loglik` ranks options by log p(option | video, question); `calibrated` subtracts the
-  same score with black frames, so an option wins by what the video adds to it, not by how
-  likely the language model finds it anyway; `generate` decodes a reply and parses it.
+  Modes: `loglik` ranks options by log p(option | video, question), each phrased as training
+  phrased it (`Predictor.choices`: the letter after the lettered question for a run trained on
+  manifests, the option's text after the bare question for the synthetic source); `calibrated`
+  subtracts the same score with black frames, so an option wins by what the video adds to it,
+  not by how likely the language model finds it anyway; `generate` decodes a reply and parses
+  it.
   """
 
   def __init__(self, predictor, mode: str = "loglik", max_new_tokens: int = 24,
@@ -141,12 +144,13 @@ class ModelAnswerer:
         answers[i] = {"reply": self.p.generate(feats, recs[i].question, pre,
                                                self.max_new_tokens).text}
     mc = [i for i, r in enumerate(recs) if r.options]
-    questions = [(recs[i].question, recs[i].options) for i in mc]
+    questions = [self.p.choices(recs[i].question, recs[i].options) for i in mc]
     if not mc:
       pass
     elif self.mode == "generate":
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      for i, (q, o) in zip(mc, questions):
+      for i in mc:
+        q, o = recs[i].question, recs[i].options
         t = self.p.generate(feats, records.multiple_choice_question(q, o), pre,
                             self.max_new_tokens).text
         answers[i] = {"choice": parse_choice(t, o), "reply": t}

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longvid_jax import config as config_lib
 from longvid_jax import runs
 from longvid_jax.data import clips, prompts, records
 from longvid_jax.data.clips import Clip
@@ -57,6 +58,13 @@ class Predictor:
     if timestamps is not None:
       d.timestamps = bool(timestamps)
     self.sampler_name, self.k = d.sampler, int(d.num_frames)
+    # multiple choice is scored as the last stage trained it: manifest records as the lettered
+    # question answered by the letter (Record.text), the synthetic source as the bare question
+    # answered by the option's text
+    last = config.recipe[-1] if config.recipe else None
+    source = (config_lib.stage_data(config, config.stages[last], last).source if last
+              else d.source)
+    self.letters = source == "manifest"
     self.blind = blind  # black frames: what the LLM answers from the question alone
     self.timestamps = bool(d.timestamps)
     self.system = d.system_prompt  # the system turn it was trained with
@@ -103,6 +111,14 @@ class Predictor:
     return prompts.timestamp_sentence([float(x) for x in clip.timestamps], clip.duration)
 
   # -- scoring ----------------------------------------------------------------------------------
+
+  def choices(self, question: str, options: Sequence[str]) -> tuple[str, list[str]]:
+    """(the question as prompted, the targets to rank) of a multiple-choice question, phrased
+    as training phrased it."""
+    if self.letters:
+      return (records.multiple_choice_question(question, options),
+              list(records.LETTERS[:len(options)]))
+    return question, list(options)
 
   def _option_logprobs(self, params, feats, ids, mask, qmask, targets, tmask, which):
     """log p(target | video, prompt) per option row. The prompts ids/mask/qmask[Q,L]
@@ -202,7 +218,7 @@ class Predictor:
     pre = self.preamble(clip)
     out = {"frames": clip.indices[clip.valid].tolist(), "visual_tokens": self.num_visual}
     if options and mode == "loglik":
-      scores = self.loglik(feats, question, options, pre)
+      scores = self.loglik(feats, *self.choices(question, options), pre)
       out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
                  scores=scores.tolist())
     else:

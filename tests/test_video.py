@@ -220,3 +220,28 @@ def test_frame_folder(tmp_path, small_mp4):
     np.testing.assert_array_equal(np.concatenate([c.indices for c in chunks]), [0, 2, 4, 6, 8, 10])
   assert isinstance(video.open_video(small_mp4), video.VideoReader)
 
+
+
+def test_prefetch_keeps_order_raises_and_stops_with_its_consumer():
+  import time  # pylint: disable=g-import-not-at-top
+  assert list(video.prefetch(iter(range(10)), depth=2)) == list(range(10))
+
+  def bad():
+    yield 1
+    raise video.VideoError("boom", "corrupt")
+
+  with pytest.raises(video.VideoError, match="boom"):
+    list(video.prefetch(bad()))
+  produced = []
+
+  def counting():
+    for i in range(1000):
+      produced.append(i)
+      yield i
+
+  g = video.prefetch(counting(), depth=1)
+  assert next(g) == 0
+  g.close()  # the consumer stops early: so does the producer, at most depth + 2 items ahead
+  n = len(produced)
+  time.sleep(0.3)
+  assert len(produced) == n <= 3

@@ -25,7 +25,7 @@ from longvid_jax.sampling.transnetv2 import INPUT_HW, ShotDetector, ShotPredicti
 
 log = logging.getLogger(__name__)
 
-CHUNK = 500  # frames decoded per step: memory stays flat in the video's length
+CHUNK = 500  # frames decoded per step: memory stays flat in the video's length (two chunks)
 
 _DETECTORS: dict[Any, ShotDetector] = {}
 _LOCK = threading.Lock()
@@ -54,8 +54,8 @@ def _cache_file(path: str | os.PathLike, weights, mode: str) -> pathlib.Path:
 def _score_reader(reader, det: ShotDetector, progress: bool, name: str) -> ShotPredictions:
   stamps: list[np.ndarray] = []
 
-  def chunks():
-    for c in reader.iter_chunks(CHUNK, size=(INPUT_HW[1], INPUT_HW[0])):
+  def chunks():  # the next chunk decodes while the detector scores this one
+    for c in video.prefetch(reader.iter_chunks(CHUNK, size=(INPUT_HW[1], INPUT_HW[0]))):
       stamps.append(c.timestamps)
       yield c.frames
 

@@ -34,9 +34,11 @@ import math
 import os
 import pathlib
 import re
+import queue
 import stat
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -512,6 +514,50 @@ class FrameFolder:
     keep = resample_indices(self.timestamps(), fps)
     for a in range(0, len(keep), chunk_size):
       yield self.read(keep[a:a + chunk_size], size)
+
+
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
+  """`items` produced on a background thread, at most `depth` ahead of the consumer: decoding
+  the next chunk (PyAV and FFmpeg release the GIL) overlaps computing on this one, while memory
+  stays `depth + 1` chunks whatever the video's length. The producer's errors reach the
+  consumer; a consumer that stops early stops the producer."""
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+  end = object()
+
+  def produce():
+    try:
+      for item in items:
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      q.put(end)
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it
+      q.put(e)
+
+  worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+  worker.start()
+  try:
+    while True:
+      item = q.get()
+      if item is end:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while worker.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        pass
+      worker.join(timeout=0.05)
 
 
 def digest(obj: Any) -> str:

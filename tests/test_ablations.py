@@ -63,5 +63,22 @@ def test_table2_trains_and_evaluates_with_each_sampler_and_table5_trains_the_ran
   c = tables.get_config("table5/random,runlocal")
   assert "ae_pretrain" not in c.recipe
   assert all("reducer" in c.stages[n].trainable for n in c.recipe)
+  assert set(tables.PAPER) == set(tables.variants(tables.base(True)))
   rows = tables.variants(tables.base(True))["table3"]
   assert set(rows) == {"svc", "avgpool3d", "avgpool3d_2x4x4", "perceiver"}
+
+
+def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, capsys):
+  import argparse  # pylint: disable=g-import-not-at-top
+  import ablations  # pylint: disable=g-import-not-at-top
+  def ev(acc, lo, hi):
+    return {"accuracy": acc, "ci95": [lo, hi], "chance": 0.25, "visual_tokens_per_sample": 8,
+            "seconds_per_sample": 0.1, "tasks": {"needle": {"accuracy": acc}}}
+  results = {v: {"train_seconds": 12.0, "eval": {"long-video test": ev(a, a - 0.1, a + 0.1)}}
+             for v, a in (("uniform", 0.4), ("avs", 0.6))}
+  args = argparse.Namespace(steps=None, command="table2")
+  ablations._write("table2", tmp_path, results, args)  # pylint: disable=protected-access
+  text = (tmp_path / "table.md").read_text()
+  assert "The paper finds: AVS > uniform at equal k." in text
+  assert "| avs | 8 | 0.600 [0.50–0.70] (chance 0.25) | 0.600 |" in text
+  assert (tmp_path / "plot.png").stat().st_size > 0 and "### table2" in capsys.readouterr().out

@@ -18,6 +18,8 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 from longvid_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,14 +91,15 @@ def _evaluate(workdir, sampler, datasets, limit) -> dict:
 def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   names = list(results)
   datasets = list(next(iter(results.values()))["eval"])
-  lines = [f"### {table}", "",
+  lines = [f"### {table}", "", f"The paper finds: {TABLES.PAPER[table]}.", "",
            "| variant | visual tokens | " + " | ".join(datasets) +
            " | long-video needle | oracle, same frames | train s | eval s/q |",
            "|---|---:|" + "---:|" * len(datasets) + "---:|---:|---:|---:|"]
   for v in names:
     r = results[v]
     ev = r["eval"]
-    accs = " | ".join(f"{ev[d]['accuracy']:.3f} (chance {ev[d]['chance']:.2f})" for d in datasets)
+    accs = " | ".join(f"{ev[d]['accuracy']:.3f} [{ev[d]['ci95'][0]:.2f}–{ev[d]['ci95'][1]:.2f}] "
+                      f"(chance {ev[d]['chance']:.2f})" for d in datasets)
     long = ev.get("long-video test", {})
     needle = long.get("tasks", {}).get("needle", {}).get("accuracy")
     tokens = ev[datasets[0]]["visual_tokens_per_sample"]
@@ -119,11 +122,13 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
   width = 0.8 / len(datasets)
   for j, d in enumerate(datasets):
-    ys = [results[v]["eval"][d]["accuracy"] for v in names]
-    ax.bar([i + j * width for i in range(len(names))], ys, width, label=d)
+    ys = np.array([results[v]["eval"][d]["accuracy"] for v in names])
+    ci = np.array([results[v]["eval"][d]["ci95"] for v in names])
+    ax.bar([i + j * width for i in range(len(names))], ys, width, label=d,
+           yerr=[ys - ci[:, 0], ci[:, 1] - ys], capsize=2)
     ax.axhline(results[names[0]]["eval"][d]["chance"], color=f"C{j}", ls=":", lw=1)
   ax.set_xticks([i + width * (len(datasets) - 1) / 2 for i in range(len(names))], names)
-  ax.set_ylabel("accuracy (dotted: chance)")
+  ax.set_ylabel("accuracy (bars: 95% CI; dotted: chance)")
   ax.set_ylim(0, 1)
   ax.set_title(table)
   ax.legend(fontsize=7)

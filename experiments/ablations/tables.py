@@ -33,6 +33,17 @@ from longvid_jax.models import encoders, reducers
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+# what each table of the paper finds; `tools/ablations.py` prints it above our rows
+PAPER = {
+    "table2": "AVS > uniform at equal k",
+    "table3": "SVC > avgpool3d and Perceiver at 64x fewer tokens",
+    "table4": "balanced 4x4x4 is the best trade-off; spatial-only 1x8x8 and the heavier "
+              "4x8x8 / 8x4x4 lose accuracy",
+    "table5": "AE-pretrained SVC > randomly initialised SVC",
+    "table6": "residual latent > vae > none (an unconstrained latent makes alignment unstable)",
+}
+
+
 def _reducer(name: str, **args) -> dict:
   return {"model.reducer": ml_collections.ConfigDict({"name": name, "args": args})}
 

@@ -10,8 +10,9 @@ overlapping windows rather than run the network once over the whole video (see `
 
 Compute layout: each (1,3,3) spatial convolution of the four dilated branches reads the same
 input, so the four kernels run as one 2-D convolution over `frames[B*T,H,W,C]`; each dilated
-(3,1,1) temporal convolution is one matmul over three time-shifted copies; eval-mode batch norm
-is folded into the temporal kernels. Parameter names mirror the PyTorch module names.
+(3,1,1) temporal convolution is one matmul giving the three taps' outputs side by side, which
+are shifted by the dilation and summed; eval-mode batch norm is folded into the temporal
+kernels. Parameter names mirror the PyTorch module names.
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ class DilatedBlock(nn.Module):
     shift = bias - mean * inv
     outs = []
     for j, d in enumerate(cfg.dilations):
-      yj = jnp.pad(y[..., j, :], ((0, 0), (d, d), (0, 0), (0, 0), (0, 0)))
-      taps = jnp.concatenate([yj[:, k * d:k * d + t] for k in range(3)], axis=-1)
-      kern = temporal[j].reshape(3 * 2 * f, f) * inv[j * f:(j + 1) * f]
-      outs.append(taps @ kern)
+      # one matmul gives each tap's contribution side by side ([.., 3F]); the taps are then
+      # shifted by the dilation and summed, which moves 3F channels per frame instead of
+      # copying the 2F-channel input three times
+      kern = jnp.concatenate(list(temporal[j]), axis=-1) * jnp.tile(inv[j * f:(j + 1) * f], 3)
+      z = jnp.pad(y[..., j, :] @ kern, ((0, 0), (d, d), (0, 0), (0, 0), (0, 0)))
+      outs.append(sum(z[:, k * d:k * d + t, ..., k * f:(k + 1) * f] for k in range(3)))
     out = jnp.concatenate(outs, axis=-1) + shift
     return nn.relu(out) if self.relu else out
 

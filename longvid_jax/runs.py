@@ -163,10 +163,15 @@ class Setup:
             pathlib.Path(path), jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
       return checkpoint.load_params(pathlib.Path(path), self.abstract)
 
+  def encoder_fingerprint(self, params: dict) -> str:
+    """What keys encoder-derived caches (features, descriptors): its definition and weights."""
+    e = self.config.model.encoder
+    return features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
+                                        jax.device_get(params["encoder"]))
+
   def describer(self, params: dict, batch: int = 16) -> descriptors.Describer:
     """The frame descriptors the content samplers (fila, longvu) choose by: this model's encoder
     tokens, mean-pooled over space (`data/descriptors.py`)."""
-    e = self.config.model.encoder
     # its own copy: training steps donate (and so delete) the buffers of the params they update
     enc = {"encoder": jax.tree.map(lambda x: jnp.array(x, copy=True), params["encoder"])}
     pool = jax.jit(lambda p, x: self.model.apply({"params": p}, x[None],
@@ -176,9 +181,8 @@ class Setup:
       with self.scope():  # pipeline threads enter the mesh themselves
         return jax.device_get(pool(enc, frames))
 
-    fingerprint = features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
-                                                jax.device_get(enc["encoder"]))
-    return descriptors.Describer(embed, fingerprint, int(self.config.data.image_size), batch)
+    return descriptors.Describer(embed, self.encoder_fingerprint(enc),
+                                 int(self.config.data.image_size), batch)
 
   def init_params(self, pretrained: Mapping[str, Mapping] | None = None) -> dict:
     """Every param, created already sharded: all of them from `model.init_from` when it is set;

@@ -137,36 +137,29 @@ class ModelAnswerer:
     pre = self.p.preamble(self._clip)
     frames = self._clip.indices[self._clip.valid].tolist()
     answers: dict[int, dict] = {}
-    open_ = [i for i, r in enumerate(recs) if not r.options]
-    if open_:  # free-form questions are answered by generation in every mode
+    # free-form questions are answered by generation in every mode, multiple choice in `generate`
+    generated = [i for i, r in enumerate(recs) if not r.options or self.mode == "generate"]
+    if generated:
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      for i in open_:
-        answers[i] = {"reply": self.p.generate(feats, recs[i].question, pre,
-                                               self.max_new_tokens).text}
-    mc = [i for i, r in enumerate(recs) if r.options]
-    questions = [self.p.choices(recs[i].question, recs[i].options) for i in mc]
-    if not mc:
-      pass
-    elif self.mode == "generate":
-      feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
-      for i in mc:
+      for i in generated:
         q, o = recs[i].question, recs[i].options
-        t = self.p.generate(feats, records.multiple_choice_question(q, o), pre,
+        t = self.p.generate(feats, records.multiple_choice_question(q, o) if o else q, pre,
                             self.max_new_tokens).text
-        answers[i] = {"choice": parse_choice(t, o), "reply": t}
-    else:
+        answers[i] = {"choice": parse_choice(t, o), "reply": t} if o else {"reply": t}
+    ranked = [i for i in range(len(recs)) if i not in answers]
+    if ranked:
+      questions = [self.p.choices(recs[i].question, recs[i].options) for i in ranked]
       if self.blank:
         scores = self._blank_loglik(questions, pre)
       else:
         scores = self.p.loglik_many(self._feats, questions, pre)
         if self.mode == "calibrated":
           scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, pre))]
-      for i, sc in zip(mc, scores):
+      for i, sc in zip(ranked, scores):
         answers[i] = {"choice": int(np.argmax(sc)), "scores": [round(float(v), 4) for v in sc]}
-    answers = [answers[i] for i in range(len(recs))]
     out = []
-    for r, a in zip(recs, answers):
-      row = {"visual_tokens": self.p.num_visual, "frames": frames, **a}
+    for i, r in enumerate(recs):
+      row = {"visual_tokens": self.p.num_visual, "frames": frames, **answers[i]}
       if "evidence" in r.meta:
         row["evidence_seen"] = oracle.evidence_seen(r, frames)
       out.append(row)

@@ -90,9 +90,8 @@ def _describer(run_path: str | None, method: str):
                      "trained run with --run RUN")
   from longvid_jax import runs  # pylint: disable=g-import-not-at-top
   run = runs.open_run(run_path)
-  s = runs.setup(run.config, mesh={k: (1 if v == -1 else v) for k, v in
-                                   {**dict(run.config.mesh), "data": 1}.items()})
-  return s.describer(s.load_params(run.params_dir))
+  s = runs.setup(run.config, mesh=runs.single_device_mesh())
+  return s.describer(s.load_params(run.params_dir, as_saved=True))
 
 
 def sample_command(args) -> int:

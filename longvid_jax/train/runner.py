@@ -27,7 +27,7 @@ import jax
 
 from longvid_jax import config as config_lib
 from longvid_jax import runs
-from longvid_jax.data import clips, features, pipeline
+from longvid_jax.data import clips, pipeline
 from longvid_jax.models import build
 from longvid_jax.models.reducers.base import Autoencoder
 from longvid_jax.parallel import distributed
@@ -51,15 +51,6 @@ def with_untrained_reducer(scfg, model, params):
   scfg = scfg.copy_and_resolve_references()
   scfg.trainable = (*scfg.trainable, "reducer")
   return scfg
-
-
-def _encoder_fingerprint(config, params) -> str | None:
-  """Keys the feature cache to this encoder's definition and weights (None: no cache)."""
-  if not config.data.features:
-    return None
-  e = config.model.encoder
-  return features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
-                                      jax.device_get(params["encoder"]))
 
 
 def _log_to(workdir: pathlib.Path) -> logging.Handler:
@@ -168,7 +159,9 @@ def _train(config, workdir: pathlib.Path, recipe: list[str], first: int,
       ds = pipeline.dataset(data, scfg.task, s.tokenizer, s.num_visual, scfg.batch_size,
                             seed=config.seed + i, process_index=jax.process_index(),
                             process_count=jax.process_count(),
-                            encoder_fingerprint=_encoder_fingerprint(config, params),
+                            # keys the feature cache to this encoder (None: no cache)
+                            encoder_fingerprint=(s.encoder_fingerprint(params)
+                                                 if config.data.features else None),
                             describe=describe)
       put = lambda b: distributed.put_batch(b, batch_sharding)  # noqa: E731
       params, result = stage_lib.run_stage(

@@ -43,9 +43,13 @@ def test_describer_batches_pads_and_caches_by_video_frames_and_encoder(tmp_path)
   assert len(list(descriptors.cache_root().glob("*.npy"))) == 1
   np.testing.assert_array_equal(d({"video": "v"}, np.arange(7), read), got)
   assert calls == [4, 4]  # read back from disk
+  f, = descriptors.cache_root().glob("*.npy")
+  f.write_bytes(b"not an array")  # a damaged cache entry is encoded again, not trusted
+  np.testing.assert_array_equal(d({"video": "v"}, np.arange(7), read), got)
+  assert calls == [4, 4, 4, 4] and np.load(f).shape == (7, 3)
   d({"video": "v"}, np.arange(0, 7, 2), read)  # other frames
   descriptors.Describer(embed, "enc-b", 5, batch=4)({"video": "v"}, np.arange(7), read)
-  assert calls == [4, 4, 4, 4, 4] and len(list(descriptors.cache_root().glob("*.npy"))) == 3
+  assert calls == [4] * 7 and len(list(descriptors.cache_root().glob("*.npy"))) == 3
 
 
 def test_clip_loader_refuses_content_samplers_without_the_runs_encoder(tmp_path):

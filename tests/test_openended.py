@@ -124,3 +124,11 @@ def test_judge_matches_transformers_on_the_same_prompt(tmp_path):
   assert abs(got["judge_p_yes"] - want) < 1e-4  # float32 JAX vs float32 PyTorch, rounded to 1e-4
   assert got["judge"] == (want > 0.5)
   assert judge(q, a, reply) == got  # deterministic
+
+
+def test_judge_without_a_tokenizer_says_so(tmp_path):
+  d, _, _ = _judge_dir(tmp_path)
+  for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+    (d / name).unlink()
+  with pytest.raises(ValueError, match=r"judge .*no tokenizer found beside the weights"):
+    openended.Judge(str(d))

@@ -130,9 +130,11 @@ NULLABLE = {
     "data.detector_weights": str, "data.features": str, "data.system_prompt": str,
     "data.encoder_fingerprint": str, "model.encoder.preset": str, "model.encoder.weights": str,
     "model.reducer.weights": str, "model.projector.weights": str, "model.llm.weights": str,
+    "model.llm.layers": int,
     "model.init_from": str, "eval.split": str, "eval.videos": int, "sharding_rules": (tuple, list),
     "distributed.coordinator": str, "distributed.num_processes": int,
     "distributed.process_id": int, "stage.seq_len": int,
+    "data.max_targets": int,
 }
 GROUPS = ("encoder", "reducer", "projector", "llm")
 SOURCES = ("synthetic", "manifest")
@@ -341,6 +343,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _positive_int(blk[field], f"{w}{field}", "set it to a value >= 1")
     _positive_int(blk.qa_turns, f"{w}qa_turns",
                   "set the number of question/answer turns per qa example, 1 or more")
+    if blk.get("max_targets") is not None:
+      _positive_int(blk.max_targets, f"{w}max_targets",
+                    "set the most target tokens an example has (>= 1), or None for all positions")
     system = blk.system_prompt
     if system is not None and not isinstance(system, str):
       raise ValueError(f"{w}system_prompt={system!r}: set a string, or None for the chat "
@@ -508,6 +513,9 @@ def data(**fields) -> ml_collections.ConfigDict:
       timestamps=False,  # prepend "The video lasts ... frames at ... s" to the prompt
       system_prompt=None,  # None: the chat template's default system turn
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
+      # target tokens per example at most: the LM head then runs on those positions only, not
+      # on every position (on a small LLM the vocabulary head is half of a step); None: all
+      max_targets=None,
       strict=False,  # raise on a bad record instead of skipping it
       skip_log_every=100,  # a skip summary every this many bad records
       decode_timeout=120.0,  # seconds before a stuck decode counts as a bad record
@@ -532,7 +540,9 @@ def base() -> ml_collections.ConfigDict:
       reducer=dict(name="svc", args={}, weights=None),
       # norm: a LayerNorm on the projector input (see models/projector.py)
       projector=dict(depth=2, norm=False, weights=None),
-      llm=dict(args={}, weights=None),
+      # layers: keep only the checkpoint's first N decoder layers (a shallower LLM that trains
+      # several times faster, for small budgets); None keeps them all
+      llm=dict(args={}, weights=None, layers=None),
       tokenizer="qwen_tiktoken",
       train_encoder=False,
       init_from=None,  # a params checkpoint (`longvid import` writes one) for every group

@@ -75,11 +75,33 @@ def encoder_config(mcfg):
 
 
 def llm_config(mcfg) -> LLMConfig:
-  """From the checkpoint when `llm.weights` names one (`llm.args` may override e.g. dtype)."""
+  """From the checkpoint when `llm.weights` names one (`llm.args` may override e.g. dtype),
+  cut to its first `llm.layers` layers when that is set."""
   args = dict(mcfg.llm.args or {})
   if mcfg.llm.weights:  # the checkpoint's config alone: its weights load only when needed
-    return dataclasses.replace(_llm_config(str(mcfg.llm.weights)), **args)
-  return LLMConfig(**args)
+    cfg = dataclasses.replace(_llm_config(str(mcfg.llm.weights)), **args)
+  else:
+    cfg = LLMConfig(**args)
+  return truncated(cfg, mcfg.llm.get("layers"))
+
+
+def truncated(cfg: LLMConfig, layers: int | None) -> LLMConfig:
+  """`cfg` with only its first `layers` decoder layers (None: all of them)."""
+  if layers is None or layers == cfg.num_layers:
+    return cfg
+  if not 1 <= layers <= cfg.num_layers:
+    raise ValueError(f"model.llm.layers={layers} must lie in 1..{cfg.num_layers} (the LLM's "
+                     "layer count); set it to None to keep every layer")
+  return dataclasses.replace(cfg, num_layers=int(layers),
+                             layer_types=tuple(cfg.layer_types[:layers]))
+
+
+def first_layers(params: Mapping, layers: int | None) -> dict:
+  """LLM params (per-layer layout) without the layers after the first `layers`."""
+  if layers is None:
+    return dict(params)
+  return {k: v for k, v in params.items()
+          if not k.startswith("layers_") or int(k.split("_")[1]) < layers}
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,7 +125,9 @@ def pretrained_loaders(mcfg) -> dict[str, Callable[[], Mapping]]:
       out[group] = functools.partial(lambda g, src: _pretrained_compressor(src)[g], group,
                                      str(mcfg[group].weights))
   if mcfg.llm.weights:
-    out["llm"] = lambda: llm_lib.to_layout(_pretrained_llm(mcfg.llm.weights)[0], llm_config(mcfg))
+    out["llm"] = lambda: llm_lib.to_layout(
+        first_layers(_pretrained_llm(mcfg.llm.weights)[0], mcfg.llm.get("layers")),
+        llm_config(mcfg))
   return out
 
 

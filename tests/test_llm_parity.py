@@ -303,3 +303,24 @@ def test_llm_convert_command(tmp_path):
   assert type(loaded).__name__ == "Qwen2ForCausalLM" and loaded.dtype == torch.bfloat16
   for (name, a), b in zip(ref.state_dict().items(), loaded.state_dict().values()):
     assert torch.equal(a.to(torch.bfloat16), b), name
+
+
+def test_first_layers_match_transformers_with_fewer_layers(tmp_path):
+  """`model.llm.layers = 2` of a 4-layer checkpoint is transformers' model built with 2 layers
+  on the same tensors (the later layers' weights ignored)."""
+  from longvid_jax import runs  # pylint: disable=g-import-not-at-top
+  full = hf_model("llama", num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+  full.save_pretrained(tmp_path / "full")
+  short_cfg = transformers.LlamaConfig(**{**full.config.to_dict(), "num_hidden_layers": 2})
+  short = transformers.LlamaForCausalLM(short_cfg).eval()
+  missing, unexpected = short.load_state_dict(full.state_dict(), strict=False)
+  assert not missing and unexpected  # the ignored layers, nothing the short model lacks
+  params, cfg, _ = hf.import_llm(tmp_path / "full")
+  cfg2 = runs.truncated(cfg, 2)
+  assert cfg2.num_layers == 2
+  ids, mask, pos = batch(cfg.vocab_size)
+  ours = our_logits(runs.first_layers(params, 2), cfg2, ids, mask, pos)
+  diff = max_diff_on_real(ours, hf_logits(short, ids, mask, pos), mask)
+  assert diff < TOL, diff
+  with pytest.raises(ValueError, match=r"model.llm.layers=5 must lie in 1..4"):
+    runs.truncated(cfg, 5)

@@ -9,7 +9,7 @@ import pytest
 from longvid_jax.data import prompts
 from longvid_jax import trees
 from longvid_jax.models.llm import DecoderLM, LLMConfig
-from longvid_jax.models.mllm import VideoLLM, lm_loss
+from longvid_jax.models.mllm import VideoLLM, lm_loss, logits_positions
 from longvid_jax.models.projector import MLPProjector
 from longvid_jax.models.reducers.svc import SVC
 from test_pipeline import CharTok  # pylint: disable=g-bad-import-order
@@ -84,6 +84,38 @@ def test_lm_loss_counts_answer_tokens_only():
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   other = ids.at[0, 1].set(9).at[0, 5].set(0)  # change non-target tokens only
   np.testing.assert_allclose(lm_loss(logits, other, mask)[0], loss, rtol=1e-6)
+
+
+def test_loss_on_listed_targets_equals_loss_on_every_position():
+  """`data.max_targets`: the head runs at the targets only; loss and gradients are those of the
+  full-length head (float32, rtol 1e-5), and too many targets is refused naming the field."""
+  tok = CharTok()
+  turns = [("Colour?", "red"), ("Shape?", "a cube")]
+  full = prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80)
+  ex = prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80, max_targets=16)
+  n = int(full["loss_mask"].sum())
+  assert ex["target_index"][:n].tolist() == np.flatnonzero(full["loss_mask"]).tolist()
+  assert not ex["target_index"][n:].any()
+  with pytest.raises(ValueError, match="data.max_targets is 4"):
+    prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80, max_targets=4)
+  m = _model()
+  ids, am = jnp.asarray(ex["input_ids"])[None], jnp.asarray(ex["attention_mask"])[None]
+  loss_mask, at = jnp.asarray(ex["loss_mask"])[None], jnp.asarray(ex["target_index"])[None]
+  feats = jax.random.normal(jax.random.key(0), (1, 4, 4, 2, 8))
+  params = _params(m, ids, am, features=feats)
+
+  def losses(p):
+    every = lm_loss(m.apply(p, ids, am, features=feats), ids, loss_mask)[0]
+    listed = lm_loss(m.apply(p, ids, am, features=feats, logits_at=logits_positions(at)),
+                     ids, loss_mask, at)[0]
+    return every, listed
+
+  every, listed = jax.jit(losses)(params)
+  np.testing.assert_allclose(listed, every, rtol=1e-5)
+  g_every = jax.jit(jax.grad(lambda p: losses(p)[0]))(params)
+  g_listed = jax.jit(jax.grad(lambda p: losses(p)[1]))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               g_listed, g_every)
 
 
 def test_prompt_expands_placeholder_and_masks_answer():

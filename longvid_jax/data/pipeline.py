@@ -105,7 +105,8 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
   material = tasks.Material(synthetic.questions(spec),
                             [(p, caption) for p in synthetic.CAPTION_PROMPTS], ordered=False)
   out.update(prompts.encode_conversation(tok, make(material, rng, int(cfg.qa_turns)),
-                                         num_visual, cfg.seq_len, system=cfg.system_prompt))
+                                         num_visual, cfg.seq_len, system=cfg.system_prompt,
+                                         max_targets=cfg.max_targets))
   return out
 
 
@@ -211,7 +212,7 @@ class ManifestSource:
     try:
       out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,
                                              int(self.cfg.seq_len), preamble,
-                                             self.cfg.system_prompt))
+                                             self.cfg.system_prompt, self.cfg.max_targets))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out

@@ -75,12 +75,15 @@ def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: i
 
 def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], num_visual: int,
                         seq_len: int, preamble: str | None = None,
-                        system: str | None = None) -> dict[str, np.ndarray]:
+                        system: str | None = None,
+                        max_targets: int | None = None) -> dict[str, np.ndarray]:
   """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded.
 
   The video (and preamble) open the first user turn; every answer and its end-of-turn marker is
   a target, so one sequence trains several answers for the cost of one video prefix. The query
-  mask covers the questions and never an answer."""
+  mask covers the questions and never an answer. With `max_targets`, `target_index[max_targets]`
+  lists the target tokens' positions (0 pads: position 0 is never a target), so the loss can run
+  the LM head on those positions only."""
   if not turns:
     raise ValueError("a conversation needs at least one (question, answer) turn")
   msgs: list[dict] = []
@@ -123,4 +126,11 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
   out["attention_mask"][:n] = 1
   out["loss_mask"][:n] = loss
   out["query_mask"][:n] = query
+  if max_targets is not None:
+    where = np.flatnonzero(out["loss_mask"])
+    if len(where) > max_targets:
+      raise ValueError(f"example has {len(where)} target tokens but data.max_targets is "
+                       f"{max_targets}; raise data.max_targets or set it to None")
+    out["target_index"] = np.zeros(max_targets, np.int32)
+    out["target_index"][:len(where)] = where
   return out

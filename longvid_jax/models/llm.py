@@ -547,12 +547,14 @@ class DecoderLM(nn.Module):
     return self.embed_tokens(tokens)
 
   def __call__(self, embeds: Array, positions: Array, attention_mask: Array,
-               cache: KVCache | None = None, last_only: bool = False):
+               cache: KVCache | None = None, last_only: bool = False,
+               logits_at: Array | None = None):
     """embeds[B,L,D], positions[B,L], attention_mask[B,L] (1 on real tokens) → logits[B,L,V].
 
     Attention is causal over real tokens. With a `cache`, the L new tokens go into slots
     cache.index.. and attend to every filled slot before them; returns (logits, cache).
-    `last_only` computes logits of the final position only (what decoding needs).
+    `last_only` computes logits of the final position only (what decoding needs);
+    `logits_at[B,K]` those of K positions per row (what a loss on a few targets needs).
     """
     cfg, t = self.cfg, embeds.shape[1]
     valid = attention_mask.astype(bool)
@@ -591,6 +593,8 @@ class DecoderLM(nn.Module):
           new_v.append(kv[1])
     if last_only:
       x = x[:, -1:]
+    elif logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
     x = self.norm(x)
     if cfg.tie_embeddings:
       logits = self.embed_tokens.attend(x)

@@ -64,8 +64,10 @@ class VideoLLM(nn.Module):
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                frames: jax.Array | None = None, features: jax.Array | None = None,
-               query_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-    """Next-token logits[B,L,V] for a prompt whose placeholders stand for the video.
+               query_mask: jax.Array | None = None, deterministic: bool = True,
+               logits_at: jax.Array | None = None) -> jax.Array:
+    """Next-token logits[B,L,V] for a prompt whose placeholders stand for the video, or
+    logits[B,K,V] at the positions `logits_at[B,K]` only.
 
     `query_mask[B,L]` marks the question's tokens (data.prompts.query_mask); given, their
     embeddings are the reducer's query. It must not cover the answer, or a text-guided reducer
@@ -83,7 +85,7 @@ class VideoLLM(nn.Module):
                                      query_mask=query_mask)
     embeds, mask = self.splice(input_ids, attention_mask, visual, red.mask)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    return self.llm(embeds, positions, mask)
+    return self.llm(embeds, positions, mask, logits_at=logits_at)
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "features", "query_mask")
@@ -94,12 +96,26 @@ def model_inputs(batch: dict) -> dict:
   return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
-def lm_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array):
-  """Mean next-token cross-entropy over positions where loss_mask[B,L] marks the *target*."""
-  weights = loss_mask[:, 1:].astype(jnp.float32)
+def lm_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array,
+            target_index: jax.Array | None = None):
+  """Mean next-token cross-entropy over positions where loss_mask[B,L] marks the *target*.
+
+  With `target_index[B,K]` (the data's `max_targets`), logits[B,K,V] are the model's at
+  `logits_positions(target_index)`, one per listed target; 0 entries are padding."""
+  if target_index is None:
+    logits, weights, targets = logits[:, :-1], loss_mask[:, 1:], input_ids[:, 1:]
+  else:
+    weights = target_index > 0
+    targets = jnp.take_along_axis(input_ids, target_index, axis=1)
+  weights = weights.astype(jnp.float32)
   # placeholders may lie outside the vocabulary; they are never targets
-  targets = jnp.where(weights > 0, input_ids[:, 1:], 0)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+  targets = jnp.where(weights > 0, targets, 0)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   n = jnp.maximum(weights.sum(), 1.0)
-  acc = ((logits[:, :-1].argmax(-1) == targets) * weights).sum() / n
+  acc = ((logits.argmax(-1) == targets) * weights).sum() / n
   return (ce * weights).sum() / n, {"token_accuracy": acc}
+
+
+def logits_positions(target_index: jax.Array) -> jax.Array:
+  """Where the logits that predict the tokens at `target_index` are: one position earlier."""
+  return jnp.maximum(target_index - 1, 0)

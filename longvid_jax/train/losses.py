@@ -8,7 +8,7 @@ from typing import Callable
 
 import flax.linen as nn
 
-from longvid_jax.models.mllm import VideoLLM, lm_loss, model_inputs
+from longvid_jax.models.mllm import VideoLLM, lm_loss, logits_positions, model_inputs
 from longvid_jax.models.reducers.base import Autoencoder
 from longvid_jax.registry import Registry
 
@@ -36,8 +36,10 @@ def _reconstruction(model: VideoLLM) -> LossFn:
 
 def _lm(model: VideoLLM) -> LossFn:
   def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, **model_inputs(batch), rngs={"noise": rng})
-    return lm_loss(logits, batch["input_ids"], batch["loss_mask"])
+    at = batch.get("target_index")
+    logits = model.apply({"params": params}, **model_inputs(batch), rngs={"noise": rng},
+                         logits_at=None if at is None else logits_positions(at))
+    return lm_loss(logits, batch["input_ids"], batch["loss_mask"], at)
   return loss_fn
 
 

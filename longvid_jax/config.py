@@ -123,6 +123,8 @@ def _positive_int(value, what: str, fix: str) -> int:
   return value
 
 
+CHOICES = ("letters", "text")  # how multiple-choice records are trained and scored
+
 # Fields whose default is None, and what they hold when set.
 NULLABLE = {
     "data.manifest": (str, dict, ml_collections.ConfigDict, list, tuple),
@@ -229,6 +231,8 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   for d, w in _data_blocks(config):
     _data_ranges(d, w)
   _at_least(config.model.projector.depth, 1, "model.projector.depth")
+  if config.model.llm.get("layers") is not None:
+    _at_least(config.model.llm.layers, 1, "model.llm.layers")
   if config.eval.videos is not None:
     _at_least(config.eval.videos, 1, "eval.videos", "or None for the whole split")
 
@@ -343,6 +347,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _positive_int(blk[field], f"{w}{field}", "set it to a value >= 1")
     _positive_int(blk.qa_turns, f"{w}qa_turns",
                   "set the number of question/answer turns per qa example, 1 or more")
+    if blk.choices not in CHOICES:
+      raise ValueError(f"{w}choices={blk.choices!r}; set one of {CHOICES}")
     if blk.get("max_targets") is not None:
       _positive_int(blk.max_targets, f"{w}max_targets",
                     "set the most target tokens an example has (>= 1), or None for all positions")
@@ -513,6 +519,10 @@ def data(**fields) -> ml_collections.ConfigDict:
       timestamps=False,  # prepend "The video lasts ... frames at ... s" to the prompt
       system_prompt=None,  # None: the chat template's default system turn
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
+      # multiple-choice records: "letters" trains the lettered question answered by the letter
+      # (the usual format of instruction data); "text" the bare question answered by the right
+      # option's text, which a small LLM learns far sooner (no letter lookup). Scoring follows.
+      choices="letters",
       # target tokens per example at most: the LM head then runs on those positions only, not
       # on every position (on a small LLM the vocabulary head is half of a step); None: all
       max_targets=None,

@@ -193,6 +193,19 @@ class Setup:
     return features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
                                         jax.device_get(params["encoder"]))
 
+  def encoder_fn(self, params: dict):
+    """frames[T,S,S,3] in [0,1] → this model's encoder features[T,h,w,C] (what the feature
+    cache stores for one video)."""
+    enc = {"encoder": params["encoder"]}
+    apply = jax.jit(lambda p, x: self.model.apply({"params": p}, x[None],
+                                                  method=VideoLLM.features)[0])
+
+    def encode(frames):
+      with self.scope():
+        return jax.device_get(apply(enc, jnp.asarray(frames)))
+
+    return encode
+
   def describer(self, params: dict, batch: int = 16) -> descriptors.Describer:
     """The frame descriptors the content samplers (fila, longvu) choose by: this model's encoder
     tokens, mean-pooled over space (`data/descriptors.py`)."""

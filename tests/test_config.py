@@ -119,6 +119,9 @@ BAD_SETS = [  # (--set, what the one-line error must name)
     ("model.projector.depth=0", r"model\.projector\.depth"),
     ("data.read_threads=0", r"data\.read_threads"),
     ("data.nonexistent=1", r"nonexistent"),
+    ("data.choices=words", r"data\.choices.*letters"),
+    ("data.max_targets=0", r"data\.max_targets"),
+    ("model.llm.layers=0", r"model\.llm\.layers"),
 ]
 
 

@@ -217,3 +217,13 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
   scores = q.loglik(q.features(q.clip(r.video)), prompt, targets)
   res = benchmark.evaluate([r], benchmark.ModelAnswerer(q, "loglik"))
   assert res["rows"][0]["choice"] == int(np.argmax(scores))
+  # data.choices="text": the manifest trains and scores the bare question and option texts
+  c.data.choices = "text"
+  (other / "config.json").write_text(c.to_json_best_effort(indent=2))
+  t = Predictor(other)
+  prompt, targets = t.choices(r.question, r.options)
+  assert (prompt, targets[r.answer_index]) == r.text(letters=False) == (r.question, r.answer)
+  assert targets == list(r.options)
+  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  assert pipeline._turns(r, "qa", c.data, np.random.default_rng(0)) == [  # pylint: disable=protected-access
+      (r.question, r.answer)]

@@ -149,3 +149,52 @@ def test_export_from_config_or_workdir_holds_the_held_out_videos(tmp_path):
       vid = int(r.id.split("_")[-1].split("/")[0])
       assert r.meta["caption"] == synthetic.caption(pipeline.video_spec(data, vid))
       assert video.probe(out / r.video).num_frames == data.shots_per_video * data.frames_per_shot
+
+
+def test_cut_scores_mark_every_cut_and_sample_like_the_timeline(tmp_path):
+  """`--cut-scores train`: the train records carry the generator's cuts (1 on the last frame of
+  every shot but the final one), so AVS picks each shot's first frame without a detector; the
+  other splits carry none and get the detector's scores like any video."""
+  assert cli.main(["make-benchmark", str(tmp_path), "--videos", "4", "--seconds", "20",
+                   "--size", "32", "--heldout", "0.25", "--cut-scores", "train"]) == 0
+  train = [r for _, r in records.read_manifest(tmp_path / "train.jsonl")]
+  test = [r for _, r in records.read_manifest(tmp_path / "test.jsonl")]
+  assert not any(r.scores for r in test)
+  for r in train:
+    single = np.load(r.scores)
+    ends = [s["end_frame"] - 1 for s in r.meta["timeline"][:-1]]
+    assert len(single) == r.meta["num_frames"] and np.flatnonzero(single).tolist() == ends
+  cfg = config_lib.base().data
+  cfg.update(sampler="avs", num_frames=8, image_size=32)
+  from longvid_jax.data import clips  # pylint: disable=g-import-not-at-top
+  for r in train[::5]:  # every shot gets a frame, the needle's first one included
+    idx = clips.load_clip(r, cfg).indices
+    shots = [(s["start_frame"], s["end_frame"], s["role"]) for s in r.meta["timeline"]]
+    assert all(((a <= idx) & (idx < b)).any() for a, b, _ in shots), (shots, idx)
+    assert next(a for a, _, role in shots if role == "needle") in idx
+
+
+def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
+  """`longvid precompute RECIPE --manifest M`: TransNetV2 scores every video of M that has no
+  `scores` into the detector's cache (a second call finds them cached), and with data.features
+  the encoder features of every record."""
+  from longvid_jax.data import shots  # pylint: disable=g-import-not-at-top
+  assert cli.main(["make-benchmark", str(tmp_path / "b"), "--videos", "3", "--seconds", "12",
+                   "--size", "32", "--heldout", "0.34", "--cut-scores", "train"]) == 0
+  test = tmp_path / "b" / "test.jsonl"
+  video_file = next(r for _, r in records.read_manifest(test)).video
+  assert not shots._cache_file(video_file, None, "exact").exists()  # pylint: disable=protected-access
+  recipe = str(pathlib.Path(__file__).parents[1] / "experiments" / "local.py")
+  sets = ["--set", "data.image_size=32", "--set", "model.encoder.args.image_size=32"]
+  assert cli.main(["precompute", recipe, "--manifest", str(test), *sets]) == 0
+  out = capsys.readouterr().out
+  assert "shot scores for 1 videos" in out and "1 videos, 48 frames" in out
+  assert shots._cache_file(video_file, None, "exact").exists()  # pylint: disable=protected-access
+  cached = shots._cache_file(video_file, None, "exact").stat().st_mtime_ns  # pylint: disable=protected-access
+  feats = tmp_path / "feats"
+  assert cli.main(["precompute", recipe, "--manifest", str(test), "--manifest",
+                   str(tmp_path / "b" / "train.jsonl"), *sets,
+                   "--set", f"data.features={feats}"]) == 0
+  out = capsys.readouterr().out
+  assert "shot scores for 1 videos" in out and "features: 10 written, 0 already cached" in out
+  assert shots._cache_file(video_file, None, "exact").stat().st_mtime_ns == cached  # pylint: disable=protected-access

@@ -155,6 +155,32 @@ def test_qa_turns_pack_several_answers_per_example(corpus, tmp_path):
       config_lib.validate(c)
 
 
+def test_manifest_text_choices_captions_and_target_index(corpus, tmp_path):
+  """data.choices="text" trains a multiple-choice record as its bare question answered by the
+  option's text; `meta.caption` is what the caption task trains on (records without one fall
+  back to their questions); data.max_targets lists the target positions."""
+  tok = CharTok()
+  recs = [records.Record(id="mc", video=str(corpus / "v1.mp4"), turns=(("Which bar?", "left"),),
+                         options=("right", "left"), answer_index=1,
+                         meta={"caption": "Two bars, the left one tall."}),
+          records.Record(id="plain", video=str(corpus / "v0.mp4"), turns=(("Colour?", "red"),))]
+  records.write_manifest(tmp_path / "train.jsonl", recs)
+  cfg = manifest_cfg(tmp_path, choices="text", max_targets=40)
+  rng = np.random.default_rng(0)
+  qa = pipeline.ManifestSource(cfg, "train", "qa", tok, 4).example(0, rng)
+  assert text_of(qa["input_ids"], qa["loss_mask"]) == "left</>"
+  assert "A. right" not in text_of(qa["input_ids"]) and "Which bar?" in text_of(qa["input_ids"])
+  listed = qa["target_index"][qa["target_index"] > 0]
+  assert listed.tolist() == np.flatnonzero(qa["loss_mask"]).tolist()
+  cap = pipeline.ManifestSource(cfg, "train", "caption", tok, 4)
+  ex = cap.example(0, rng)
+  assert text_of(ex["input_ids"], ex["loss_mask"]) == "Two bars, the left one tall.</>"
+  assert text_of(cap.example(1, rng)["input_ids"], cap.example(1, rng)["loss_mask"]) == "red</>"
+  cfg.max_targets = 8  # the caption has more target tokens: a counted skip, named
+  with pytest.raises(records.RecordError, match="data.max_targets is 8"):
+    pipeline.ManifestSource(cfg, "train", "caption", tok, 4).example(0, rng)
+
+
 def test_reconstruction_batches_have_frames_only(corpus):
   b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]
   assert set(b) == {"frames", "record_id"} and b["frames"].shape == (2, 4, 16, 16, 3)

@@ -81,6 +81,13 @@ class LongVideo:
     ends = np.cumsum([s.frames for s in self.shots])
     return [(int(e - s.frames), int(e)) for s, e in zip(self.shots, ends)]
 
+  def cut_scores(self) -> np.ndarray:
+    """single[N]: what a perfect shot detector gives (TransNetV2's convention: 1 on the last
+    frame of every shot but the final one)."""
+    single = np.zeros(self.num_frames, np.float32)
+    single[[b - 1 for _, b in self.bounds()[:-1]]] = 1.0
+    return single
+
   def timeline(self) -> list[dict]:
     """What each shot shows and when; the ground truth the oracle reads."""
     out = []
@@ -352,14 +359,15 @@ class _Balancer:
 
 
 def video_records(video: LongVideo, name: str, path: str, balancer: _Balancer,
-                  rng: np.random.Generator) -> list[records.Record]:
+                  rng: np.random.Generator, scores: str | None = None) -> list[records.Record]:
   timeline = video.timeline()
   bounds = video.bounds()
   out = []
   for q in questions(video, rng):
     options, pos = balancer.place(rng, q["task"], q["answer"], q["distractors"])
     out.append(records.Record(
-        id=f"{name}/{q['task']}", video=path, turns=((q["question"], q["answer"]),),
+        id=f"{name}/{q['task']}", video=path, scores=scores,
+        turns=((q["question"], q["answer"]),),
         options=tuple(options), answer_index=pos, task=q["task"],
         meta={"fps": video.fps, "num_frames": video.num_frames, "seconds": video.duration,
               "seed": video.seed,
@@ -388,12 +396,14 @@ def split_sizes(n: int, heldout: float = 0.2) -> dict[str, int]:
 def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: float = 60.0,
                    max_seconds: float | None = None, fps: float = 4.0, size: int = 64,
                    seed: int = 0, heldout: float = 0.2, splits=records.SPLITS,
-                   log=print) -> dict[str, pathlib.Path]:
+                   cut_scores=(), log=print) -> dict[str, pathlib.Path]:
   """Videos under out_dir/videos and one manifest per split; returns the manifests' paths.
 
   Video i has seed (seed, i) and length uniform in [seconds, max_seconds]; splits take
   consecutive videos (train first), so growing --videos never moves a video between splits.
-  Existing mp4 files are reused.
+  Existing mp4 files are reused. The splits named in `cut_scores` get the generator's cuts as
+  their records' shot scores, so shot-aware samplers skip the detector on them (training data
+  without a detector pass); the others are scored by the detector like any video.
   """
   out = pathlib.Path(out_dir)
   (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -416,12 +426,18 @@ def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: fl
         tmp = out / f"videos/.{name}.tmp.mp4"
         write_mp4(tmp, iter_render(video), fps, size)
         tmp.replace(out / rel)
-      recs += video_records(video, name, rel, balancer, rng)
+      scores = None
+      if split in cut_scores:
+        scores = f"videos/{name}.cuts.npy"
+        if not (out / scores).exists():
+          np.save(out / scores, video.cut_scores())
+      recs += video_records(video, name, rel, balancer, rng, scores)
     manifests[split] = out / f"{split}.jsonl"
     records.write_manifest(manifests[split], recs)
     log(f"{split}: {sizes[split]} videos, {len(recs)} questions → {manifests[split]}")
   info = dict(num_videos=num_videos, seconds=seconds, max_seconds=max_seconds, fps=fps,
-              size=size, seed=seed, heldout=heldout, tasks=list(QUESTION_KINDS))
+              size=size, seed=seed, heldout=heldout, tasks=list(QUESTION_KINDS),
+              cut_scores=list(cut_scores))
   (out / "benchmark.json").write_text(json.dumps(info, indent=2))
   return manifests
 

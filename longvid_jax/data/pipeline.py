@@ -117,7 +117,11 @@ def _turns(rec: records.Record, task: str, cfg,
            rng: np.random.Generator) -> list[tuple[str, str]]:
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
-  material = tasks.Material([rec.text(i) for i in range(len(rec.turns))])
+  letters = cfg.choices == "letters"
+  # a record's `meta.caption` (the benchmark writes one per video) serves the caption tasks
+  caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
+  captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
+  material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions)
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 

@@ -43,6 +43,7 @@ class Record:
   start: float | None = None  # use only [start, end) seconds of the video
   end: float | None = None
   scores: str | None = None  # precomputed per-frame shot-boundary scores (.npy)
+  # free-form; `caption` (a description of the whole video) serves the caption and mix tasks
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
@@ -53,10 +54,11 @@ class Record:
   def answer(self) -> str:
     return self.turns[0][1] if self.turns else ""
 
-  def text(self, turn: int = 0) -> tuple[str, str]:
+  def text(self, turn: int = 0, letters: bool = True) -> tuple[str, str]:
     """(question, answer) to train on: a multiple-choice record shows its lettered options and
-    answers with the letter, so training and likelihood scoring see the same prompt."""
-    if self.options and turn == 0 and self.answer_index is not None:
+    answers with the letter (`letters`), or asks the bare question answered by the option's
+    text; likelihood scoring phrases it the same way (`data.choices`)."""
+    if letters and self.options and turn == 0 and self.answer_index is not None:
       return multiple_choice_question(self.question, self.options), LETTERS[self.answer_index]
     return self.turns[turn]
 

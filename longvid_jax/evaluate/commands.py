@@ -19,6 +19,9 @@ def register(subparsers) -> None:
   p.add_argument("--size", type=int, default=64, help="frame side in pixels")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--heldout", type=float, default=0.2, help="fraction of videos in val and test")
+  p.add_argument("--cut-scores", nargs="+", default=[], choices=["train", "val", "test"],
+                 metavar="SPLIT", help="these splits' records carry the generator's cuts as "
+                 "shot scores (no detector pass when training on them)")
   p.add_argument("--from-config", metavar="CONFIG",
                  help="instead: export the held-out synthetic videos of this training "
                       "config, or of the config a run workdir trained with")
@@ -75,7 +78,7 @@ def make_benchmark_command(args) -> int:
     print(f"{args.split}: {path}")
     return 0
   longvideo.make_benchmark(args.out_dir, args.videos, args.seconds, args.max_seconds, args.fps,
-                           args.size, args.seed, args.heldout)
+                           args.size, args.seed, args.heldout, cut_scores=tuple(args.cut_scores))
   return 0
 
 

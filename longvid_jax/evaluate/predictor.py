@@ -58,13 +58,12 @@ class Predictor:
     if timestamps is not None:
       d.timestamps = bool(timestamps)
     self.sampler_name, self.k = d.sampler, int(d.num_frames)
-    # multiple choice is scored as the last stage trained it: manifest records as the lettered
-    # question answered by the letter (Record.text), the synthetic source as the bare question
-    # answered by the option's text
+    # multiple choice is scored as the last stage trained it: manifest records as
+    # `data.choices` says (Record.text: by default the lettered question answered by the
+    # letter), the synthetic source as the bare question answered by the option's text
     last = config.recipe[-1] if config.recipe else None
-    source = (config_lib.stage_data(config, config.stages[last], last).source if last
-              else d.source)
-    self.letters = source == "manifest"
+    trained = config_lib.stage_data(config, config.stages[last], last) if last else d
+    self.letters = trained.source == "manifest" and trained.choices == "letters"
     self.blind = blind  # black frames: what the LLM answers from the question alone
     self.timestamps = bool(d.timestamps)
     self.system = d.system_prompt  # the system turn it was trained with

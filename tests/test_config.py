@@ -19,7 +19,7 @@ def _bad(edit, match):
 
 
 def test_shipped_configs_pass():
-  for spec in (RECIPE, "configs/demo.py", "experiments/paper.py"):
+  for spec in (RECIPE, "configs/demo.py", "experiments/paper.py", "experiments/local.py"):
     config_lib.validate(config_lib.load(str(pathlib.Path(__file__).parents[1] / spec)))
 
 

@@ -15,7 +15,8 @@ from longvid_jax.models import build
 from longvid_jax.models.encoders.siglip import SiglipConfig
 from test_llm_parity import hf_model  # pylint: disable=g-bad-import-order
 
-PAPER = str(pathlib.Path(__file__).parents[1] / "experiments" / "paper.py")
+ROOT = pathlib.Path(__file__).parents[1]
+PAPER = str(ROOT / "experiments" / "paper.py")
 
 
 def test_paper_recipe_names_real_weights_and_a_narrow_bottleneck():
@@ -107,3 +108,28 @@ def test_configs_come_from_checkpoint_metadata_without_reading_weights(tmp_path,
   assert runs.encoder_config(c.model).hidden_size == 32
   demo = config_lib.load(str(pathlib.Path(PAPER).with_name("paper.py")) + ":runlocal")
   assert runs.llm_config(demo.model).family == "llama"  # SmolLM2's GGUF metadata only
+
+
+def test_local_recipe_fits_the_benchmarks_longest_examples(tmp_path, monkeypatch):
+  """experiments/local.py: 8 LLM layers, 2×2 tokens per AVS frame (32 per video), and every
+  stage's examples of 60-second benchmark videos (the longest the recipe's data has: most shots
+  and timestamps) fit its seq_len and max_targets, so no record is skipped as too long."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from longvid_jax.data import longvideo, pipeline  # pylint: disable=g-import-not-at-top
+  longvideo.make_benchmark(tmp_path / "data" / "local", num_videos=12, seconds=60, seed=5,
+                           heldout=0.1, cut_scores=("train",), log=lambda *_: None)
+  monkeypatch.chdir(tmp_path)  # the recipe names data/local relative to where it runs
+  c = config_lib.load(str(ROOT / "experiments" / "local.py"))
+  config_lib.validate(c)
+  assert runs.llm_config(c.model).num_layers == 8
+  m = build.model(c.model, 0, llm_cfg=runs.llm_config(c.model))
+  assert build.num_visual_tokens(m, c) == 32
+  tok = runs.tokenizer(c.model)
+  for name in c.recipe[1:]:
+    s = c.stages[name]
+    d = config_lib.stage_data(c, s, name)
+    src = pipeline.ManifestSource(d, "train", s.task, tok, 32)
+    rng = np.random.default_rng(0)
+    for i in range(len(src)):
+      ex = src.example(i, rng)  # raises (too_long) past seq_len or max_targets
+      assert ex["target_index"].max() > 0

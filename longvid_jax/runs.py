@@ -193,15 +193,19 @@ class Setup:
     return features.encoder_fingerprint(e.name, e.preset, dict(e.args or {}),
                                         jax.device_get(params["encoder"]))
 
-  def encoder_fn(self, params: dict):
+  def encoder_fn(self, params: dict, pool: bool = False):
     """frames[T,S,S,3] in [0,1] → this model's encoder features[T,h,w,C] (what the feature
-    cache stores for one video)."""
+    cache stores for one video), or with `pool` their mean over space, [T,C]."""
     enc = {"encoder": params["encoder"]}
-    apply = jax.jit(lambda p, x: self.model.apply({"params": p}, x[None],
-                                                  method=VideoLLM.features)[0])
+
+    def features(p, x):
+      f = self.model.apply({"params": p}, x[None], method=VideoLLM.features)[0]
+      return f.mean(axis=(1, 2)) if pool else f
+
+    apply = jax.jit(features)
 
     def encode(frames):
-      with self.scope():
+      with self.scope():  # pipeline threads enter the mesh themselves
         return jax.device_get(apply(enc, jnp.asarray(frames)))
 
     return encode
@@ -211,14 +215,7 @@ class Setup:
     tokens, mean-pooled over space (`data/descriptors.py`)."""
     # its own copy: training steps donate (and so delete) the buffers of the params they update
     enc = {"encoder": jax.tree.map(lambda x: jnp.array(x, copy=True), params["encoder"])}
-    pool = jax.jit(lambda p, x: self.model.apply({"params": p}, x[None],
-                                                 method=VideoLLM.features)[0].mean(axis=(1, 2)))
-
-    def embed(frames):
-      with self.scope():  # pipeline threads enter the mesh themselves
-        return jax.device_get(pool(enc, frames))
-
-    return descriptors.Describer(embed, self.encoder_fingerprint(enc),
+    return descriptors.Describer(self.encoder_fn(enc, pool=True), self.encoder_fingerprint(enc),
                                  int(self.config.data.image_size), batch)
 
   def init_params(self, pretrained: Mapping[str, Mapping] | None = None) -> dict:

@@ -44,4 +44,3 @@ def convert_command(args) -> int:
   print(f"wrote {n} records to {args.out}" + (f" ({sum(bad.values())} bad items skipped)"
                                                if bad else ""))
   return 0
-

@@ -191,6 +191,14 @@ def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
   assert "shot scores for 1 videos" in out and "1 videos, 48 frames" in out
   assert shots._cache_file(video_file, None, "exact").exists()  # pylint: disable=protected-access
   cached = shots._cache_file(video_file, None, "exact").stat().st_mtime_ns  # pylint: disable=protected-access
+  # a missing video and an unreadable line are counted skips; the good video still counts
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(test.read_text() + '{"id": "gone", "video": "nowhere.mp4", "turns": [["Q?", '
+                 '"a"]]}\n{not json\n')
+  assert cli.main(["precompute", recipe, "--manifest", str(bad), *sets]) == 0
+  out = capsys.readouterr()
+  assert "shot scores for 2 videos" in out.out and "nowhere.mp4" in out.err
+  assert "skipped: {'bad_manifest_line': 1, 'shots:" in out.out
   feats = tmp_path / "feats"
   assert cli.main(["precompute", recipe, "--manifest", str(test), "--manifest",
                    str(tmp_path / "b" / "train.jsonl"), *sets,

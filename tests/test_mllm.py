@@ -91,14 +91,18 @@ def test_loss_on_listed_targets_equals_loss_on_every_position():
   full-length head (float32, rtol 1e-5), and too many targets is refused naming the field."""
   tok = CharTok()
   turns = [("Colour?", "red"), ("Shape?", "a cube")]
-  full = prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80)
-  ex = prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80, max_targets=16)
+  full = prompts.encode_conversation(tok, turns, num_visual=4, seq_len=80)
+  ex = prompts.encode_conversation(tok, turns, num_visual=4, seq_len=80, max_targets=16)
   n = int(full["loss_mask"].sum())
   assert ex["target_index"][:n].tolist() == np.flatnonzero(full["loss_mask"]).tolist()
   assert not ex["target_index"][n:].any()
   with pytest.raises(ValueError, match="data.max_targets is 4"):
-    prompts.encode_conversation(tok, turns, num_visual=2, seq_len=80, max_targets=4)
-  m = _model()
+    prompts.encode_conversation(tok, turns, num_visual=4, seq_len=80, max_targets=4)
+  # a vocabulary that holds every CharTok id, so each position sees distinct tokens
+  llm = DecoderLM(LLMConfig(vocab_size=tok.video_token_id + 1, hidden_size=16,
+                            intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1))
+  m = VideoLLM(encoder=_Identity(), reducer=SVC(strides=(2, 2, 2), bottleneck=4),
+               projector=MLPProjector(16), llm=llm, video_token_id=tok.video_token_id)
   ids, am = jnp.asarray(ex["input_ids"])[None], jnp.asarray(ex["attention_mask"])[None]
   loss_mask, at = jnp.asarray(ex["loss_mask"])[None], jnp.asarray(ex["target_index"])[None]
   feats = jax.random.normal(jax.random.key(0), (1, 4, 4, 2, 8))
@@ -112,6 +116,13 @@ def test_loss_on_listed_targets_equals_loss_on_every_position():
 
   every, listed = jax.jit(losses)(params)
   np.testing.assert_allclose(listed, every, rtol=1e-5)
+  # the listed logits are the full head's rows one position before each target
+  full = np.asarray(m.apply(params, ids, am, features=feats))[0]
+  at_targets = np.asarray(m.apply(params, ids, am, features=feats,
+                                  logits_at=logits_positions(at)))[0]
+  n = int((ex["target_index"] > 0).sum())
+  np.testing.assert_allclose(at_targets[:n], full[ex["target_index"][:n] - 1], rtol=1e-5,
+                             atol=1e-6)
   g_every = jax.jit(jax.grad(lambda p: losses(p)[0]))(params)
   g_listed = jax.jit(jax.grad(lambda p: losses(p)[1]))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

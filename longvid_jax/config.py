@@ -519,6 +519,9 @@ def data(**fields) -> ml_collections.ConfigDict:
       timestamps=False,  # prepend "The video lasts ... frames at ... s" to the prompt
       system_prompt=None,  # None: the chat template's default system turn
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
+      # manifests: the records of one video (and clip) become one example holding all their
+      # questions, so qa_turns > 1 trains several of a benchmark's questions per video prefix
+      merge_questions=False,
       # multiple-choice records: "letters" trains the lettered question answered by the letter
       # (the usual format of instruction data); "text" the bare question answered by the right
       # option's text, which a small LLM learns far sooner (no letter lookup). Scoring follows.

@@ -90,7 +90,8 @@ def test_manifest_examples(corpus):
   mc = next(p for p in prompts if "Which bar?" in p)
   assert "A. right\nB. left\nAnswer with the option's letter" in mc
   # the clip [0.5, 1.5) s of v1 at 10 fps: frames 5..14, uniform centres 6, 8, 11, 13
-  assert "This video samples 4 frames of a 1.0-second video at 0.1, 0.3, 0.6, 0.8 seconds." in mc
+  assert ("This video samples 4 frames of a 1.0-second video at 00:00.1, 00:00.3, 00:00.6, "
+          "00:00.8.") in mc
   want = video.read_frames(corpus / "v1.mp4", [6, 8, 11, 13], size=(16, 16)).frames
   row = prompts.index(mc)
   np.testing.assert_allclose(b["frames"][row], want / 255.0, atol=1e-7)
@@ -179,6 +180,35 @@ def test_manifest_text_choices_captions_and_target_index(corpus, tmp_path):
   cfg.max_targets = 8  # the caption has more target tokens: a counted skip, named
   with pytest.raises(records.RecordError, match="data.max_targets is 8"):
     pipeline.ManifestSource(cfg, "train", "caption", tok, 4).example(0, rng)
+
+
+def test_merged_questions_share_one_video_prefix(corpus, tmp_path):
+  """data.merge_questions: one video's records become one example whose turns are drawn from all
+  their questions (phrased as data.choices says); another video stays its own example."""
+  tok = CharTok()
+  v1, v0 = str(corpus / "v1.mp4"), str(corpus / "v0.mp4")
+  recs = [records.Record(id=f"q{i}", video=v1, turns=((f"Q{i}?", f"a{i}"),),
+                         options=(f"a{i}", "zz"), answer_index=0, meta={"caption": "c"})
+          for i in range(3)]
+  recs.append(records.Record(id="other", video=v0, turns=(("Other?", "yes"),)))
+  records.write_manifest(tmp_path / "train.jsonl", recs)
+  cfg = manifest_cfg(tmp_path, choices="text", merge_questions=True, qa_turns=2)
+  src = pipeline.ManifestSource(cfg, "train", "qa", tok, 4)
+  assert len(src.records) == 2 and len(src) == 2
+  seen = set()
+  for seed in range(12):
+    ex = src.example(0, np.random.default_rng(seed))
+    text = text_of(ex["input_ids"])
+    asked = sorted((text.index(f"Q{i}?"), i) for i in range(3) if f"Q{i}?" in text)
+    asked = [i for _, i in asked]  # in the order they are asked
+    assert len(asked) == 2 and text.count("#") == 4  # two of the three, one video prefix
+    assert text_of(ex["input_ids"], ex["loss_mask"]) == "".join(f"a{i}</>" for i in asked)
+    seen.add(tuple(asked))
+  assert len(seen) > 2  # the draw varies: not always the first two
+  assert text_of(src.example(1, np.random.default_rng(0))["input_ids"], None).count("Other?") == 1
+  cfg.choices = "letters"  # lettered questions answered by the letter
+  ex = pipeline.ManifestSource(cfg, "train", "qa", tok, 4).example(0, np.random.default_rng(0))
+  assert text_of(ex["input_ids"], ex["loss_mask"]) == "A</>A</>"
 
 
 def test_reconstruction_batches_have_frames_only(corpus):
@@ -341,3 +371,12 @@ def test_exported_synthetic_videos_sample_the_frames_training_took(tmp_path):
     np.testing.assert_array_equal(got.indices, want)
     assert got.valid.all()
   del Predictor  # Predictor.clip is clips.load_clip with the run's data block (test_eval)
+
+
+def test_frame_times_read_like_the_benchmarks_moments():
+  """Frame times are mm:ss.d, so "what is shown at 00:38" meets digits of its own form."""
+  from longvid_jax.data import longvideo, prompts
+  assert [prompts.clock(t) for t in (0.0, 7.0, 37.54, 65.0, 600.0)] == \
+      ["00:00.0", "00:07.0", "00:37.5", "01:05.0", "10:00.0"]
+  for t in (0.0, 38.0, 61.0, 599.0):  # a whole second reads as the benchmark's question says
+    assert prompts.clock(t).startswith(longvideo.mmss(t))

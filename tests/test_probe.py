@@ -19,3 +19,15 @@ def test_ridge_probe_reads_present_labels_and_not_absent_ones():
   shuffled = list(rng.permutation(y))
   acc = probe_tokens.ridge_accuracy(x[:180], shuffled[:180], x[180:], shuffled[180:])
   assert acc < 0.6  # chance is 1/3; 60 test samples
+
+
+def test_frame_labels_read_the_shot_each_sampled_frame_lies_in():
+  from longvid_jax.data import records
+  timeline = [{"start_frame": 0, "end_frame": 10, "kind": "clip"},
+              {"start_frame": 10, "end_frame": 12, "kind": "shapes", "color": "red",
+               "shape": "circle", "count": 2, "background": "black"},
+              {"start_frame": 12, "end_frame": 30, "kind": "clip"}]
+  rec = records.Record(id="v/needle", video="v.mp4", meta={"timeline": timeline})
+  got = probe_tokens.frame_labels(rec, np.array([0, 9, 10, 11, 12, 29]))
+  footage, shape = ("clip", "-", "-", "-", "-"), ("shapes", "red", "circle", "2", "black")
+  assert got == [footage] * 2 + [shape] * 2 + [footage] * 2

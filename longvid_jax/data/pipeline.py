@@ -27,6 +27,7 @@ concatenating the processes' batches in process order gives the single-process b
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import logging
 import threading
@@ -118,10 +119,13 @@ def _turns(rec: records.Record, task: str, cfg,
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
   letters = cfg.choices == "letters"
+  meta = rec.meta if isinstance(rec.meta, dict) else {}
   # a record's `meta.caption` (the benchmark writes one per video) serves the caption tasks
-  caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
+  caption = meta.get("caption")
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
-  material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions)
+  # a conversation keeps its order; merged questions (data.merge_questions) are drawn at random
+  material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions,
+                            ordered=not meta.get("merged"))
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
@@ -182,6 +186,8 @@ class ManifestSource:
       weights.append(weight)
     if not self.records:
       raise ValueError(f"the {split} manifest has no usable records ({self.skips.summary()})")
+    if cfg.merge_questions:
+      self.records, groups = merge_questions(self.records, groups, cfg.choices == "letters")
     self.pool = _mixture(groups, weights, int(cfg.seed))
     self.cache = None
     if cfg.features:
@@ -220,6 +226,27 @@ class ManifestSource:
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out
+
+
+def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letters: bool
+                    ) -> tuple[list[records.Record], list[np.ndarray]]:
+  """One record per (video, clip) of each group whose turns are its records' questions, phrased
+  as `data.choices` says; the first record's scores and meta (its caption) stay."""
+  merged: list[records.Record] = []
+  out_groups = []
+  for g in groups:
+    first = len(merged)
+    by_clip: dict[tuple, list[records.Record]] = {}
+    for i in g:
+      r = recs[int(i)]
+      by_clip.setdefault((r.video, r.start, r.end), []).append(r)
+    for (vid, start, end), rs in by_clip.items():
+      turns = tuple(r.text(t, letters) for r in rs for t in range(len(r.turns)))
+      merged.append(dataclasses.replace(rs[0], id=f"{vid}[{start}:{end}]", turns=turns,
+                                        options=(), answer_index=None, task="merged",
+                                        meta={**rs[0].meta, "merged": len(rs)}))
+    out_groups.append(np.arange(first, len(merged)))
+  return merged, out_groups
 
 
 def _mixture(groups: list[np.ndarray], weights: list[float | None], seed: int) -> np.ndarray:

@@ -23,10 +23,18 @@ class ChatTokenizer(Protocol):
   def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool) -> str: ...
 
 
+def clock(seconds: float) -> str:
+  """mm:ss.d, the minutes:seconds that questions about a moment use, to a tenth."""
+  tenths = int(round(seconds * 10))
+  return f"{tenths // 600:02d}:{tenths % 600 // 10:02d}.{tenths % 10}"
+
+
 def timestamp_sentence(timestamps: list[float], duration: float) -> str:
-  times = ", ".join(f"{t:.1f}" for t in timestamps)
+  """Frame times as mm:ss.d: a question asking "what is shown at 00:38" compares digits of the
+  same form, not 38 against 37.5 seconds."""
+  times = ", ".join(clock(t) for t in timestamps)
   return (f"This video samples {len(timestamps)} frames of a {duration:.1f}-second video "
-          f"at {times} seconds.")
+          f"at {times}.")
 
 
 def user_text(question: str, preamble: str | None = None) -> str:

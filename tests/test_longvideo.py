@@ -185,7 +185,8 @@ def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
   video_file = next(r for _, r in records.read_manifest(test)).video
   assert not shots._cache_file(video_file, None, "exact").exists()  # pylint: disable=protected-access
   recipe = str(pathlib.Path(__file__).parents[1] / "experiments" / "local.py")
-  sets = ["--set", "data.image_size=32", "--set", "model.encoder.args.image_size=32"]
+  sets = ["--set", "data.image_size=32", "--set", "model.encoder.args.image_size=32",
+          "--set", f"data.features={tmp_path / 'feats0'}"]
   assert cli.main(["precompute", recipe, "--manifest", str(test), *sets]) == 0
   out = capsys.readouterr().out
   assert "shot scores for 1 videos" in out and "1 videos, 48 frames" in out
@@ -201,7 +202,7 @@ def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
   assert "skipped: {'bad_manifest_line': 1, 'shots:" in out.out
   feats = tmp_path / "feats"
   assert cli.main(["precompute", recipe, "--manifest", str(test), "--manifest",
-                   str(tmp_path / "b" / "train.jsonl"), *sets,
+                   str(tmp_path / "b" / "train.jsonl"), *sets[:4],
                    "--set", f"data.features={feats}"]) == 0
   out = capsys.readouterr().out
   assert "shot scores for 1 videos" in out and "features: 10 written, 0 already cached" in out

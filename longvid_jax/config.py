@@ -516,7 +516,7 @@ def data(**fields) -> ml_collections.ConfigDict:
       folder_fps=1.0,  # frame folders: the rate their images were taken at
       detector_weights=None,  # TransNetV2 weights for samplers that need shot scores
       detector_mode="exact",  # exact (the original's windows) or fast
-      timestamps=False,  # prepend "The video lasts ... frames at ... s" to the prompt
+      timestamps=False,  # add "This video samples N frames ... at 00:07.0, ..." to the prompt
       system_prompt=None,  # None: the chat template's default system turn
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
       # manifests: the records of one video (and clip) become one example holding all their

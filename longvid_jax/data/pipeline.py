@@ -125,7 +125,7 @@ def _turns(rec: records.Record, task: str, cfg,
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
   # a conversation keeps its order; merged questions (data.merge_questions) are drawn at random
   material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions,
-                            ordered=not meta.get("merged"))
+                            ordered=not meta.get("merged_questions"))
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
@@ -244,7 +244,7 @@ def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letter
       turns = tuple(r.text(t, letters) for r in rs for t in range(len(r.turns)))
       merged.append(dataclasses.replace(rs[0], id=f"{vid}[{start}:{end}]", turns=turns,
                                         options=(), answer_index=None, task="merged",
-                                        meta={**rs[0].meta, "merged": len(rs)}))
+                                        meta={**rs[0].meta, "merged_questions": len(rs)}))
     out_groups.append(np.arange(first, len(merged)))
   return merged, out_groups
 

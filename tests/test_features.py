@@ -63,6 +63,21 @@ def test_cache_hit_matches_frames(setup):
   np.testing.assert_array_equal(b["input_ids"], r["input_ids"])  # same timestamp sentence
 
 
+def test_records_of_one_video_are_encoded_once(setup):
+  """A benchmark writes a record per question: its video's later records hit the entry the
+  first one left, before any shard is flushed."""
+  tmp, recs, cfg, fp = setup
+  calls = []
+  def counting(frames):
+    calls.append(frames.shape)
+    return encode(frames)
+  same = [records.Record(id=f"q{i}", video=recs[0].video, turns=((f"Q{i}?", "a"),))
+          for i in range(3)]
+  assert features.precompute(same + recs[1:], cfg, counting, fp, cfg.features) == {
+      "written": 2, "cached": 2, "skipped": {}}
+  assert len(calls) == 2
+
+
 def test_stale_entries_are_never_used(setup, caplog):
   tmp, recs, cfg, fp = setup
   features.precompute(recs, cfg, encode, fp, cfg.features)

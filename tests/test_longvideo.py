@@ -205,5 +205,5 @@ def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
                    str(tmp_path / "b" / "train.jsonl"), *sets[:4],
                    "--set", f"data.features={feats}"]) == 0
   out = capsys.readouterr().out
-  assert "shot scores for 1 videos" in out and "features: 10 written, 0 already cached" in out
+  assert "shot scores for 1 videos" in out and "features: 2 written, 8 already cached" in out
   assert shots._cache_file(video_file, None, "exact").stat().st_mtime_ns == cached  # pylint: disable=protected-access

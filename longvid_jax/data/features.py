@@ -113,7 +113,9 @@ class FeatureCache:
     return len(self.index)
 
   def __contains__(self, key: Key) -> bool:
-    return key.digest in self.index
+    """Written or waiting to be: a video's other records (a benchmark's five questions) are
+    not encoded again before the shard is flushed."""
+    return key.digest in self.index or key.digest in self._pending
 
   def get(self, key: Key) -> dict[str, np.ndarray] | None:
     entry = self.index.get(key.digest)

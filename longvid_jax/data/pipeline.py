@@ -119,13 +119,12 @@ def _turns(rec: records.Record, task: str, cfg,
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
   letters = cfg.choices == "letters"
-  meta = rec.meta if isinstance(rec.meta, dict) else {}
   # a record's `meta.caption` (the benchmark writes one per video) serves the caption tasks
-  caption = meta.get("caption")
+  caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
   # a conversation keeps its order; merged questions (data.merge_questions) are drawn at random
   material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions,
-                            ordered=not meta.get("merged_questions"))
+                            ordered=not cfg.merge_questions)
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
@@ -243,8 +242,7 @@ def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letter
     for (vid, start, end), rs in by_clip.items():
       turns = tuple(r.text(t, letters) for r in rs for t in range(len(r.turns)))
       merged.append(dataclasses.replace(rs[0], id=f"{vid}[{start}:{end}]", turns=turns,
-                                        options=(), answer_index=None, task="merged",
-                                        meta={**rs[0].meta, "merged_questions": len(rs)}))
+                                        options=(), answer_index=None, task="merged"))
     out_groups.append(np.arange(first, len(merged)))
   return merged, out_groups
 

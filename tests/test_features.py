@@ -76,6 +76,10 @@ def test_records_of_one_video_are_encoded_once(setup):
   assert features.precompute(same + recs[1:], cfg, counting, fp, cfg.features) == {
       "written": 2, "cached": 2, "skipped": {}}
   assert len(calls) == 2
+  with features.FeatureCache(tmp / "other") as cache:  # an unflushed entry reads back as well
+    key = features.entry_key(recs[0], cfg, fp)
+    cache.put(key, {"features": np.ones((4, 4, 4, 3), np.float32)})
+    assert key in cache and cache.get(key)["features"].sum() == 192
 
 
 def test_stale_entries_are_never_used(setup, caplog):

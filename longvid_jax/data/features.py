@@ -118,6 +118,8 @@ class FeatureCache:
     return key.digest in self.index or key.digest in self._pending
 
   def get(self, key: Key) -> dict[str, np.ndarray] | None:
+    if key.digest in self._pending:  # what `in` counts is what `get` returns
+      return dict(self._pending[key.digest])
     entry = self.index.get(key.digest)
     if entry is None:
       return None

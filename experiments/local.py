@@ -23,7 +23,8 @@ What differs from `paper.py:runlocal` (the demo), and why:
   - 8 AVS frames, one per shot: the SVC compresses space only (strides 1×2×2, 4×4 tokens per
     frame, 128 per video). With 5–7 shots in 8 frames, temporal pooling would average different
     shots into one token, and the needle (one frame) into its neighbours.
-  - the frame times in the prompt (`data.timestamps`, mm:ss.d like the grounding questions).
+  - each frame's time (mm:ss.d, as the grounding questions write it) right before the frame's
+    tokens (`data.timestamp_style="interleaved"`), not in one sentence after all of them.
   - the first 2 of SmolLM2's 30 layers (`model.llm.layers`), trained with the projector straight
     after the compressor's pretraining: the hour then buys ~11,000 five-question examples. With 8
     layers and the caption stages first it saw ~5,000 one-question examples and stayed at chance
@@ -51,7 +52,8 @@ def get_config(arg=None):
   c.model.reducer.args.update(strides=(1, 2, 2))
   c.model.llm.layers = 2
   c.data.update(source="manifest", manifest=str(DATA / "{split}.jsonl"), sampler="avs",
-                num_frames=8, image_size=64, timestamps=True, choices="text",
+                num_frames=8, image_size=64, timestamps=True, timestamp_style="interleaved",
+                choices="text",
                 merge_questions=True, qa_turns=5, seq_len=360, max_targets=32,
                 features=str(DATA / "features"))
   c.stages.ae_pretrain.update(steps=60, lr=2e-3, batch_size=8, warmup_steps=10, log_every=10,

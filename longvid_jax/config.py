@@ -310,6 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Needs only the config: the encoder's token grid and the reducer's token count are computed
   from module definitions, without building params.
   """
+  from longvid_jax.data import prompts  # pylint: disable=g-import-not-at-top
   from longvid_jax.data import tasks  # pylint: disable=g-import-not-at-top
   from longvid_jax.train import losses  # pylint: disable=g-import-not-at-top
   from longvid_jax.train import stage as stage_lib  # pylint: disable=g-import-not-at-top
@@ -349,6 +350,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   "set the number of question/answer turns per qa example, 1 or more")
     if blk.choices not in CHOICES:
       raise ValueError(f"{w}choices={blk.choices!r}; set one of {CHOICES}")
+    if blk.timestamp_style not in prompts.TIMESTAMP_STYLES:
+      raise ValueError(f"{w}timestamp_style={blk.timestamp_style!r}; set one of "
+                       f"{prompts.TIMESTAMP_STYLES}")
     if blk.get("max_targets") is not None:
       _positive_int(blk.max_targets, f"{w}max_targets",
                     "set the most target tokens an example has (>= 1), or None for all positions")
@@ -451,10 +455,19 @@ def _validate_model(config) -> int | None:
                      f"{size}-pixel frames; set data.image_size={size}")
   try:
     reducer = reducers.REDUCERS.get(m.reducer.name)(**args)
-    return int(reducer.num_tokens(int(config.data.num_frames), h, w))
+    num_visual = int(reducer.num_tokens(int(config.data.num_frames), h, w))
   except (TypeError, ValueError) as e:
     raise ValueError(f"model.reducer ({m.reducer.name}) on a {config.data.num_frames}×{h}×{w} "
                      f"token grid: {e}") from None
+  for blk, where in _data_blocks(config):
+    if blk.timestamps and blk.timestamp_style == "interleaved":
+      t = int(blk.num_frames)
+      if reducer.num_tokens(1, h, w) * t != reducer.num_tokens(t, h, w):
+        raise ValueError(f"{where}timestamp_style='interleaved' puts each frame's time before "
+                         f"its own tokens, but model.reducer ({m.reducer.name}, {args}) mixes "
+                         "frames; keep the temporal stride at 1, or set "
+                         f"{where}timestamp_style='sentence'")
+  return num_visual
 
 
 def _validate_mesh(config) -> None:
@@ -516,7 +529,10 @@ def data(**fields) -> ml_collections.ConfigDict:
       folder_fps=1.0,  # frame folders: the rate their images were taken at
       detector_weights=None,  # TransNetV2 weights for samplers that need shot scores
       detector_mode="exact",  # exact (the original's windows) or fast
-      timestamps=False,  # add "This video samples N frames ... at 00:07.0, ..." to the prompt
+      timestamps=False,  # tell the LLM each sampled frame's time (mm:ss.d), as timestamp_style says
+      # "sentence": "This video samples N frames ... at 00:07.0, ..." after the video's tokens;
+      # "interleaved": each frame's time right before its tokens (a reducer that keeps frames apart)
+      timestamp_style="sentence",
       system_prompt=None,  # None: the chat template's default system turn
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
       # manifests: the records of one video (and clip) become one example holding all their

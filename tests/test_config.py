@@ -46,6 +46,20 @@ def test_reducer_strides_and_grid():
   _bad(lambda c: setattr(c.data, "image_size", 48), r"data\.image_size=48.*set data\.image_size=32")
 
 
+def test_interleaved_frame_times_need_frames_kept_apart():
+  """Each frame's time sits before its own tokens, so a reducer that pools frames together
+  (temporal stride > 1) has no per-frame tokens to label."""
+  def interleave(c, strides):
+    c.model.reducer.args.strides = strides
+    c.data.update(timestamps=True, timestamp_style="interleaved")
+  _bad(lambda c: interleave(c, (2, 2, 2)),
+       r"data\.timestamp_style='interleaved'.*mixes frames.*temporal stride at 1")
+  _bad(lambda c: c.data.update(timestamp_style="inline"), r"data\.timestamp_style='inline'")
+  c = config_lib.load(RECIPE)
+  interleave(c, (1, 2, 2))
+  config_lib.validate(c)
+
+
 def test_token_budget():
   # 4 frames of a 4×4 grid at strides 1×1×1: 64 visual tokens, plus text, in seq_len 70
   def edit(c):

@@ -10,7 +10,7 @@ import pytest
 from longvid_jax import cli
 from longvid_jax import config as config_lib
 from longvid_jax import runs
-from longvid_jax.data import longvideo, records
+from longvid_jax.data import longvideo, pipeline, prompts, records
 from longvid_jax.evaluate import benchmark
 from longvid_jax.evaluate.predictor import Predictor
 from longvid_jax.train import checkpoint
@@ -127,7 +127,7 @@ def test_batched_scoring_matches_one_question_at_a_time(run_dir, manifest):
                     "it change anything?", ("yes", "no", "it depends on the padding")))
   feats = p.features(p.clip(video))
   batched = p.loglik_many(feats, questions)
-  assert len({len(p._targets(q, o, None)[0]) for q, o in questions}) > 1  # lengths differ
+  assert len({len(p._targets(q, o, prompts.VIDEO)[0]) for q, o in questions}) > 1  # lengths differ
   for (q, opts), got in zip(questions, batched):
     np.testing.assert_allclose(got, p.loglik(feats, q, opts), rtol=1e-4, atol=1e-4)
   res = benchmark.evaluate(same, benchmark.ModelAnswerer(p, "loglik"))
@@ -196,7 +196,6 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
   trained on); one whose last stage read a manifest ranks the letters after the lettered
   question, and the scored row of the right answer is that record's training example."""
   import shutil  # pylint: disable=g-import-not-at-top
-  from longvid_jax.data import prompts  # pylint: disable=g-import-not-at-top
   r = next(r for _, r in records.read_manifest(manifest))
   p = Predictor(run_dir)
   assert p.choices(r.question, r.options) == (r.question, list(r.options))
@@ -208,7 +207,7 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
   q = Predictor(other)
   prompt, targets = q.choices(r.question, r.options)
   assert (prompt, targets[r.answer_index]) == r.text() and targets[:2] == ["A", "B"]
-  ids, rows = q._targets(prompt, targets, None)  # pylint: disable=protected-access
+  ids, rows = q._targets(prompt, targets, prompts.VIDEO)  # pylint: disable=protected-access
   ex = prompts.encode_conversation(q.tok, [r.text()], q.num_visual, 256, system=q.system)
   n = int(ex["attention_mask"].sum())
   want = ex["input_ids"][:n].tolist()
@@ -224,6 +223,32 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
   prompt, targets = t.choices(r.question, r.options)
   assert (prompt, targets[r.answer_index]) == r.text(letters=False) == (r.question, r.answer)
   assert targets == list(r.options)
-  from longvid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   assert pipeline._turns(r, "qa", c.data, np.random.default_rng(0)) == [  # pylint: disable=protected-access
       (r.question, r.answer)]
+
+
+def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path):
+  """With each frame's time before its tokens, the prompt eval scores is token for token the
+  training example of the same record (same frames, same times, same split of the tokens)."""
+  c = config_lib.load(TINY)
+  c.model.reducer.args.strides = (1, 2, 2)  # 4 frames × 2×2 tokens
+  c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=160,
+                timestamp_style="interleaved", choices="text", sampler="uniform")
+  config_lib.validate(c)
+  s = runs.setup(c, mesh=runs.single_device_mesh())
+  checkpoint.save_params(tmp_path / "4_sft" / "params", s.init_params())
+  (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=2))
+  (tmp_path / "summary.json").write_text(json.dumps(
+      {"final_params": str(tmp_path / "4_sft" / "params"), "stages": []}))
+  p = Predictor(tmp_path)
+  r = next(r for _, r in records.read_manifest(manifest))
+  clip = p.clip(r.video, r.start, r.end, r.scores)
+  video = p.video_text(clip)
+  assert video.count(prompts.VIDEO) == 4 and video.startswith(prompts.clock(clip.timestamps[0]))
+  ids, rows = p._targets(r.question, list(r.options), video)  # pylint: disable=protected-access
+  src = pipeline.ManifestSource(c.data, "test", "qa", p.tok, p.num_visual)
+  ex = src.example(0, np.random.default_rng(0))
+  n = int(ex["attention_mask"].sum())
+  assert ids + rows[r.answer_index].tolist() == ex["input_ids"][:n].tolist()
+  vid = np.flatnonzero(np.asarray(ids) == p.tok.video_token_id)
+  assert len(vid) == p.num_visual == 16 and len(np.flatnonzero(np.diff(vid) > 1)) == 3

@@ -142,6 +142,27 @@ def test_prompt_expands_placeholder_and_masks_answer():
     prompts.encode_example(tok, "What?", "red", num_visual=60, seq_len=64)
 
 
+def test_interleaved_frame_times_precede_each_frames_tokens():
+  tok = CharTok()
+  video = prompts.video_text([0.5, 7.25, 61.0], 70.0, "interleaved")
+  ex = prompts.encode_example(tok, "When?", "red", num_visual=6, seq_len=96, video=video)
+  n = int(ex["attention_mask"].sum())
+  text = "".join(chr(i) if i < 1000 else "#" for i in ex["input_ids"][:n])
+  assert text == "<user>00:00.5 ##\n00:07.2 ##\n01:01.0 ##\nWhen?</><assistant>red</>"
+  query = "".join(chr(i) for i in ex["input_ids"][ex["query_mask"] == 1])
+  assert query == "\nWhen?</><assistant>"  # the frame times belong to the video, not the query
+  # the sentence style keeps one placeholder with the times after it
+  one = prompts.encode_example(tok, "When?", "red", num_visual=6, seq_len=160,
+                               video=prompts.video_text([0.5, 7.25], 9.0, "sentence"))
+  text = "".join(chr(i) if i < 1000 else "#" for i in one["input_ids"][one["attention_mask"] == 1])
+  assert text.startswith("<user>######\nThis video samples 2 frames of a 9.0-second video at "
+                         "00:00.5, 00:07.2.\nWhen?")
+  with pytest.raises(ValueError, match="do not split evenly between 3 frames"):
+    prompts.encode_example(tok, "When?", "red", num_visual=7, seq_len=96, video=video)
+  with pytest.raises(ValueError, match="timestamp style 'inline'"):
+    prompts.video_text([0.5], 1.0, "inline")
+
+
 def test_query_mask_covers_the_question_and_never_the_answer():
   tok = CharTok()
   ex = prompts.encode_example(tok, "Which?", "red", num_visual=3, seq_len=64)

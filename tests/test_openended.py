@@ -80,7 +80,7 @@ def test_a_run_answers_open_questions_by_generation(run_dir, manifest, tmp_path,
   row = next(x for x in res["rows"] if x["id"] == "free")
   p = Predictor(run_dir)
   clip = p.clip(r.video)
-  want = p.generate(p.features(clip), r.question, p.preamble(clip), 24).text
+  want = p.generate(p.features(clip), r.question, p.video_text(clip), 24).text
   assert row["reply"] == want and row["correct"] == openended.match(want, r.answer)
   assert res["summary"]["open_ended"]["n"] == 1 and "open-ended: 1 questions" in \
       capsys.readouterr().out

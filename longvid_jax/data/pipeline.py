@@ -216,11 +216,11 @@ class ManifestSource:
     if tasks.TASKS.get(self.task).turns is None:
       return out
     turns = _turns(rec, self.task, self.cfg, rng)
-    preamble = (prompts.timestamp_sentence([float(t) for t in ts], duration)
-                if self.cfg.timestamps else None)
+    video = prompts.video_text([float(t) for t in ts] if self.cfg.timestamps else None,
+                               duration, self.cfg.timestamp_style)
     try:
       out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,
-                                             int(self.cfg.seq_len), preamble,
+                                             int(self.cfg.seq_len), video,
                                              self.cfg.system_prompt, self.cfg.max_targets))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None

@@ -1,8 +1,10 @@
 """Prompt building: chat template, `<video>` expansion and the answer-only loss mask.
 
-The `<video>` placeholder in the user turn becomes `num_visual` copies of the tokenizer's video
-token id; the multimodal model replaces them with visual embeddings. Only the assistant's answer
-(and its end-of-turn marker) is a training target.
+The user turn opens with the video's text: one `<video>` placeholder, or one per frame with the
+frame's time before it (`video_text`). The placeholders become `num_visual` copies of the
+tokenizer's video token id, split evenly between them in order; the multimodal model replaces
+them with visual embeddings, time-major. Only the assistant's answer (and its end-of-turn marker)
+is a training target.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 VIDEO = "<video>"
+TIMESTAMP_STYLES = ("sentence", "interleaved")
 
 
 class ChatTokenizer(Protocol):
@@ -37,31 +40,52 @@ def timestamp_sentence(timestamps: list[float], duration: float) -> str:
           f"at {times}.")
 
 
-def user_text(question: str, preamble: str | None = None) -> str:
-  return VIDEO + "\n" + (preamble + "\n" if preamble else "") + question
+def video_text(timestamps: Sequence[float] | None = None, duration: float = 0.0,
+               style: str = "sentence") -> str:
+  """What stands for the video in the user turn. "sentence": the placeholder, then one sentence
+  of frame times; "interleaved": each frame's time right before its own tokens, so a question
+  about a moment (or about which came first) finds the frame beside its time, not by counting
+  frames along a list. None: the placeholder alone."""
+  if timestamps is None:
+    return VIDEO
+  if style == "sentence":
+    return VIDEO + "\n" + timestamp_sentence(list(timestamps), duration)
+  if style == "interleaved":
+    return "\n".join(f"{clock(t)} {VIDEO}" for t in timestamps)
+  raise ValueError(f"timestamp style {style!r}; set one of {TIMESTAMP_STYLES}")
 
 
-def messages(question: str, preamble: str | None = None,
-             system: str | None = None) -> list[dict]:
+def user_text(question: str, video: str = VIDEO) -> str:
+  return video + "\n" + question
+
+
+def messages(question: str, video: str = VIDEO, system: str | None = None) -> list[dict]:
   """The user turn; `system` replaces the template's default system turn (None keeps it). A
   short one saves tokens on every example: SmolLM2's default is 17 tokens."""
-  user = [{"role": "user", "content": user_text(question, preamble)}]
+  user = [{"role": "user", "content": user_text(question, video)}]
   return user if system is None else [{"role": "system", "content": system}] + user
 
 
 def encode_prompt(tok: ChatTokenizer, question: str, num_visual: int,
-                  preamble: str | None = None, system: str | None = None) -> list[int]:
+                  video: str = VIDEO, system: str | None = None) -> list[int]:
   """Token ids of the prompt up to the assistant's turn, placeholders expanded."""
-  text = tok.apply_chat_template(messages(question, preamble, system), add_generation_prompt=True)
+  text = tok.apply_chat_template(messages(question, video, system), add_generation_prompt=True)
   return _expand(tok, text, num_visual)
 
 
 def _expand(tok: ChatTokenizer, text: str, num_visual: int) -> list[int]:
-  """Token ids of rendered text whose one placeholder becomes `num_visual` video tokens."""
+  """Token ids of rendered text whose k placeholders become num_visual / k video tokens each."""
   parts = text.split(VIDEO)
-  if len(parts) != 2:
-    raise ValueError(f"the prompt must contain exactly one {VIDEO} placeholder: {text!r}")
-  return tok.encode(parts[0]) + [tok.video_token_id] * num_visual + tok.encode(parts[1])
+  k = len(parts) - 1
+  if k < 1:
+    raise ValueError(f"the prompt must contain a {VIDEO} placeholder: {text!r}")
+  if num_visual % k:
+    raise ValueError(f"{num_visual} visual tokens do not split evenly between {k} frames; "
+                     "interleaved timestamps need a reducer that keeps frames apart")
+  ids = tok.encode(parts[0])
+  for part in parts[1:]:
+    ids += [tok.video_token_id] * (num_visual // k) + tok.encode(part)
+  return ids
 
 
 def query_mask(prompt_ids: list[int], video_token_id: int) -> np.ndarray:
@@ -75,19 +99,19 @@ def query_mask(prompt_ids: list[int], video_token_id: int) -> np.ndarray:
 
 
 def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: int,
-                   seq_len: int, preamble: str | None = None,
+                   seq_len: int, video: str = VIDEO,
                    system: str | None = None) -> dict[str, np.ndarray]:
   """One question and its answer: a conversation of one turn."""
-  return encode_conversation(tok, [(question, answer)], num_visual, seq_len, preamble, system)
+  return encode_conversation(tok, [(question, answer)], num_visual, seq_len, video, system)
 
 
 def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], num_visual: int,
-                        seq_len: int, preamble: str | None = None,
+                        seq_len: int, video: str = VIDEO,
                         system: str | None = None,
                         max_targets: int | None = None) -> dict[str, np.ndarray]:
   """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded.
 
-  The video (and preamble) open the first user turn; every answer and its end-of-turn marker is
+  The video's text (`video_text`) opens the first user turn; every answer and its end-of-turn marker is
   a target, so one sequence trains several answers for the cost of one video prefix. The query
   mask covers the questions and never an answer. With `max_targets`, `target_index[max_targets]`
   lists the target tokens' positions (0 pads: position 0 is never a target), so the loss can run
@@ -100,7 +124,7 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
   query: list[int] = []
   rendered = ""
   for i, (question, answer) in enumerate(turns):
-    msgs += (messages(question, preamble, system) if i == 0
+    msgs += (messages(question, video, system) if i == 0
              else [{"role": "user", "content": question}])
     prefix = tok.apply_chat_template(msgs, add_generation_prompt=True)
     msgs.append({"role": "assistant", "content": answer})

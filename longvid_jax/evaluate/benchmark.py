@@ -103,21 +103,21 @@ class ModelAnswerer:
     self._key, self._clip, self._feats = None, None, None
     self._blank_feats, self._blank_scores = None, {}
 
-  def _blank_loglik(self, questions, preamble) -> list[np.ndarray]:
+  def _blank_loglik(self, questions, vtext) -> list[np.ndarray]:
     """Option scores on black frames. Black frames look the same in every video, so an option's
-    score depends only on (question, option, preamble) and is computed once."""
+    score depends only on (question, option, the video's text) and is computed once."""
     if self._blank_feats is None:
       self._blank_feats = self.p.features(self._clip, blank=True)
     missing: dict[str, list[str]] = {}
     for q, options in questions:
       for o in options:
-        if (q, o, preamble) not in self._blank_scores and o not in missing.setdefault(q, []):
+        if (q, o, vtext) not in self._blank_scores and o not in missing.setdefault(q, []):
           missing[q].append(o)
     todo = [(q, opts) for q, opts in missing.items() if opts]
     if todo:
-      for (q, opts), scores in zip(todo, self.p.loglik_many(self._blank_feats, todo, preamble)):
-        self._blank_scores.update({(q, o, preamble): float(s) for o, s in zip(opts, scores)})
-    return [np.array([self._blank_scores[(q, o, preamble)] for o in options])
+      for (q, opts), scores in zip(todo, self.p.loglik_many(self._blank_feats, todo, vtext)):
+        self._blank_scores.update({(q, o, vtext): float(s) for o, s in zip(opts, scores)})
+    return [np.array([self._blank_scores[(q, o, vtext)] for o in options])
             for q, options in questions]
 
   def _open(self, r: Record) -> None:
@@ -134,7 +134,7 @@ class ModelAnswerer:
   def many(self, recs: Sequence[Record]) -> list[dict]:
     """Answers to records about one clip (same video and window), scored in one batch."""
     self._open(recs[0])
-    pre = self.p.preamble(self._clip)
+    vtext = self.p.video_text(self._clip)
     frames = self._clip.indices[self._clip.valid].tolist()
     answers: dict[int, dict] = {}
     # free-form questions are answered by generation in every mode, multiple choice in `generate`
@@ -143,18 +143,18 @@ class ModelAnswerer:
       feats = self.p.features(self._clip, blank=True) if self.blank else self._feats
       for i in generated:
         q, o = recs[i].question, recs[i].options
-        t = self.p.generate(feats, records.multiple_choice_question(q, o) if o else q, pre,
+        t = self.p.generate(feats, records.multiple_choice_question(q, o) if o else q, vtext,
                             self.max_new_tokens).text
         answers[i] = {"choice": parse_choice(t, o), "reply": t} if o else {"reply": t}
     ranked = [i for i in range(len(recs)) if i not in answers]
     if ranked:
       questions = [self.p.choices(recs[i].question, recs[i].options) for i in ranked]
       if self.blank:
-        scores = self._blank_loglik(questions, pre)
+        scores = self._blank_loglik(questions, vtext)
       else:
-        scores = self.p.loglik_many(self._feats, questions, pre)
+        scores = self.p.loglik_many(self._feats, questions, vtext)
         if self.mode == "calibrated":
-          scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, pre))]
+          scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, vtext))]
       for i, sc in zip(ranked, scores):
         answers[i] = {"choice": int(np.argmax(sc)), "scores": [round(float(v), 4) for v in sc]}
     out = []

@@ -65,7 +65,7 @@ class Predictor:
     trained = config_lib.stage_data(config, config.stages[last], last) if last else d
     self.letters = trained.source == "manifest" and trained.choices == "letters"
     self.blind = blind  # black frames: what the LLM answers from the question alone
-    self.timestamps = bool(d.timestamps)
+    self.timestamps, self.timestamp_style = bool(d.timestamps), d.timestamp_style
     self.system = d.system_prompt  # the system turn it was trained with
     sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
     self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
@@ -104,10 +104,10 @@ class Predictor:
     with self._ctx():
       return self._features(self.params, jnp.asarray(frames))
 
-  def preamble(self, clip: Clip) -> str | None:
-    if not self.timestamps:
-      return None
-    return prompts.timestamp_sentence([float(x) for x in clip.timestamps], clip.duration)
+  def video_text(self, clip: Clip) -> str:
+    """The video's part of the prompt, frame times placed as training placed them."""
+    return prompts.video_text([float(x) for x in clip.timestamps] if self.timestamps else None,
+                              clip.duration, self.timestamp_style)
 
   # -- scoring ----------------------------------------------------------------------------------
 
@@ -141,14 +141,14 @@ class Predictor:
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return (tok * tmask).sum(axis=1)
 
-  def _targets(self, question: str, options: Sequence[str], preamble: str | None):
+  def _targets(self, question: str, options: Sequence[str], video: str):
     """(prompt ids, each option's target ids): the training example `prompts.encode_example`
     builds for that option, split where its loss mask starts."""
-    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system)
     targets = []
     for o in options:
       row = prompts.encode_example(self.tok, question, o, self.num_visual, len(prompt) + 64,
-                                   preamble, self.system)
+                                   video, self.system)
       n = int(row["attention_mask"].sum())
       if row["input_ids"][:len(prompt)].tolist() != prompt or row["loss_mask"][len(prompt)] != 1:
         raise ValueError(f"the chat template does not render option {o!r} after the same prompt")
@@ -156,9 +156,9 @@ class Predictor:
     return prompt, targets
 
   def loglik_many(self, feats: jax.Array, questions: Sequence[tuple[str, Sequence[str]]],
-                  preamble: str | None = None) -> list[np.ndarray]:
+                  video: str = prompts.VIDEO) -> list[np.ndarray]:
     """`loglik` for several (question, options) about the same video, in one batch."""
-    built = [self._targets(q, opts, preamble) for q, opts in questions]
+    built = [self._targets(q, opts, video) for q, opts in questions]
     ids, mask = gen.left_pad([p for p, _ in built], self.tok.pad_id, PAD_MULTIPLE)
     qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
                       for row in ids]) * mask
@@ -178,10 +178,10 @@ class Predictor:
     return [out[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
   def loglik(self, feats: jax.Array, question: str, options: Sequence[str],
-             preamble: str | None = None) -> np.ndarray:
+             video: str = prompts.VIDEO) -> np.ndarray:
     """Sum of log p(option tokens | video, question) per option, end-of-turn included: the
     targets of the training example `prompts.encode_example` builds for that option."""
-    return self.loglik_many(feats, [(question, options)], preamble)[0]
+    return self.loglik_many(feats, [(question, options)], video)[0]
 
   # -- generation -------------------------------------------------------------------------------
 
@@ -192,9 +192,9 @@ class Predictor:
       return m.splice(ids, mask, visual, red.mask)
     return nn.apply(f, self.model)({"params": params})
 
-  def generate(self, feats: jax.Array, question: str, preamble: str | None = None,
+  def generate(self, feats: jax.Array, question: str, video: str = prompts.VIDEO,
                max_new_tokens: int = 24) -> Reply:
-    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, preamble, self.system)
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system)
     ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
     qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
     with self._ctx():
@@ -214,15 +214,15 @@ class Predictor:
     t0 = time.time()
     clip = self.clip(video, start, end)
     feats = self.features(clip)
-    pre = self.preamble(clip)
+    vtext = self.video_text(clip)
     out = {"frames": clip.indices[clip.valid].tolist(), "visual_tokens": self.num_visual}
     if options and mode == "loglik":
-      scores = self.loglik(feats, *self.choices(question, options), pre)
+      scores = self.loglik(feats, *self.choices(question, options), vtext)
       out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
                  scores=scores.tolist())
     else:
       prompt = records.multiple_choice_question(question, options) if options else question
-      reply = self.generate(feats, prompt, pre, max_new_tokens)
+      reply = self.generate(feats, prompt, vtext, max_new_tokens)
       # ended: the model closed its turn (a stop token) rather than running out of tokens
       out.update(answer=reply.text, ended=reply.ended, tokens=reply.tokens)
     out["seconds"] = time.time() - t0

@@ -82,6 +82,26 @@ def test_records_of_one_video_are_encoded_once(setup):
     assert key in cache and cache.get(key)["features"].sum() == 192
 
 
+def test_a_shard_is_opened_once_for_all_its_reads(tmp_path, monkeypatch):
+  """Opening a shard parses the names of all its entries; a training step reads 16 entries, so
+  opening per read cost more CPU than the model's step shares with the input threads."""
+  opened = []
+  real = features.safe_open
+  monkeypatch.setattr(features, "safe_open", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+  keys = [features.Key(f"v{i}", {"i": i}) for i in range(6)]
+  with features.FeatureCache(tmp_path) as cache:
+    for i, k in enumerate(keys[:3]):
+      cache.put(k, {"features": np.full((2, 2), i, np.float32)})
+  with features.FeatureCache(tmp_path) as cache:  # a second shard, written by another writer
+    for i, k in enumerate(keys[3:], 3):
+      cache.put(k, {"features": np.full((2, 2), i, np.float32)})
+  cache = features.FeatureCache(tmp_path)
+  for _ in range(3):
+    for i, k in enumerate(keys):
+      assert cache.get(k)["features"].tolist() == [[i, i], [i, i]]
+  assert len(opened) == len(set(opened)) == 2
+
+
 def test_stale_entries_are_never_used(setup, caplog):
   tmp, recs, cfg, fp = setup
   features.precompute(recs, cfg, encode, fp, cfg.features)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pathlib
+import threading
 import uuid
 from typing import Any, Callable, Iterable
 
@@ -96,6 +97,10 @@ class FeatureCache:
     self._pending: dict[str, dict[str, np.ndarray]] = {}
     self._pending_meta: dict[str, dict] = {}
     self._index: dict[str, dict] | None = None
+    # open shards and their tensor names: opening parses a header of every entry's names, which
+    # cost more than the step's share of the CPU when done per read (shards never change)
+    self._shards: dict[str, tuple[Any, set[str]]] = {}
+    self._lock = threading.Lock()
 
   # reading
 
@@ -123,10 +128,16 @@ class FeatureCache:
     entry = self.index.get(key.digest)
     if entry is None:
       return None
-    with safe_open(str(self.root / entry["shard"]), framework="np") as f:
-      names = set(f.keys())
-      return {a: f.get_tensor(f"{key.digest}/{a}") for a in ARRAYS
-              if f"{key.digest}/{a}" in names}
+    f, names = self._shard(entry["shard"])
+    return {a: f.get_tensor(f"{key.digest}/{a}") for a in ARRAYS
+            if f"{key.digest}/{a}" in names}
+
+  def _shard(self, name: str) -> tuple[Any, set[str]]:
+    with self._lock:  # the input pipeline reads from several threads
+      if name not in self._shards:
+        f = safe_open(str(self.root / name), framework="np")
+        self._shards[name] = (f, set(f.keys()))
+      return self._shards[name]
 
   def explain_miss(self, key: Key) -> str:
     """Why `key` is absent: which parts differ from entries for the same video, if any."""

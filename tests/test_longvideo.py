@@ -34,6 +34,36 @@ def test_same_seed_same_benchmark(bench, tmp_path):
   assert (out / "videos" / name).read_bytes() == (tmp_path / "videos" / name).read_bytes()
 
 
+def test_training_videos_can_be_asked_more_questions(bench):
+  """`--train-question-sets 4`: each training video is asked every task again (other moments,
+  pairs, shapes), never the same question twice; the first set asks what one set asks, the
+  held-out splits are unchanged, and the videos are reused, not rendered again."""
+  out, recs = bench
+  mtime = (out / recs["train"][0].video).stat().st_mtime_ns
+  more = longvideo.make_benchmark(out, num_videos=10, seconds=60, fps=4, size=32, seed=3,
+                                  train_question_sets=4, log=lambda *_: None)
+  got = {s: [r for _, r in records.read_manifest(p)] for s, p in more.items()}
+  assert (out / recs["train"][0].video).stat().st_mtime_ns == mtime
+  for split in ("val", "test"):
+    assert [r.to_json() for r in got[split]] == [r.to_json() for r in recs[split]]
+  first = [r for r in got["train"] if r.id.count("/") == 1]
+  assert [(r.id, r.turns, set(r.options)) for r in first] == [
+      (r.id, r.turns, set(r.options)) for r in recs["train"]]  # positions balance over all sets
+  by_video = {}
+  for r in got["train"]:
+    by_video.setdefault(r.video, []).append(r)
+    assert r.options[r.answer_index] == r.answer
+  assert len({r.id for r in got["train"]}) == len(got["train"])
+  for rs in by_video.values():
+    questions = [r.question for r in rs]
+    assert len(set(questions)) == len(questions)
+    kinds = [r.task for r in rs]
+    assert kinds.count("needle") == 1 and 2 <= kinds.count("grounding") <= 4
+  assert len(got["train"]) > 2 * len(recs["train"])
+  with pytest.raises(ValueError, match="train_question_sets=0"):
+    longvideo.make_benchmark(out, num_videos=10, train_question_sets=0)
+
+
 def test_splits_share_no_video_and_answers_are_balanced(bench):
   _, recs = bench
   videos = {s: {r.video for r in rs} for s, rs in recs.items()}

@@ -211,6 +211,27 @@ def test_merged_questions_share_one_video_prefix(corpus, tmp_path):
   assert text_of(ex["input_ids"], ex["loss_mask"]) == "A</>A</>"
 
 
+def test_merged_turns_are_drawn_evenly_across_tasks(corpus, tmp_path):
+  """A video asked many grounding questions and one needle question: with as many turns as
+  tasks, every example asks each task once, whichever of its questions."""
+  tok = CharTok()
+  v1 = str(corpus / "v1.mp4")
+  kinds = ["grounding"] * 6 + ["needle"] + ["ordering"] * 2
+  recs = [records.Record(id=f"q{i}", video=v1, turns=((f"Q{i}?", f"a{i}"),), task=k)
+          for i, k in enumerate(kinds)]
+  records.write_manifest(tmp_path / "train.jsonl", recs)
+  cfg = manifest_cfg(tmp_path, choices="text", merge_questions=True, qa_turns=3)
+  src = pipeline.ManifestSource(cfg, "train", "qa", tok, 4)
+  assert src.records[0].meta["turn_tasks"] == kinds
+  grounding = set()
+  for seed in range(20):
+    text = text_of(src.example(0, np.random.default_rng(seed))["input_ids"])
+    asked = [i for i in range(len(kinds)) if f"Q{i}?" in text]
+    assert sorted(kinds[i] for i in asked) == ["grounding", "needle", "ordering"], asked
+    grounding |= {i for i in asked if kinds[i] == "grounding"}
+  assert len(grounding) > 3  # which grounding question varies
+
+
 def test_reconstruction_batches_have_frames_only(corpus):
   b = pipeline.dataset(manifest_cfg(corpus), "reconstruction", CharTok(), 4, 2, seed=1)[3]
   assert set(b) == {"frames", "record_id"} and b["frames"].shape == (2, 4, 16, 16, 3)

@@ -359,22 +359,35 @@ class _Balancer:
 
 
 def video_records(video: LongVideo, name: str, path: str, balancer: _Balancer,
-                  rng: np.random.Generator, scores: str | None = None) -> list[records.Record]:
+                  rng: np.random.Generator, scores: str | None = None,
+                  question_sets: int = 1) -> list[records.Record]:
+  """Each set asks every task once, drawn anew (another moment, pair or shape); a question
+  already asked is dropped, so a video with one needle has one needle question. The first set
+  asks the same questions whatever `question_sets` is."""
   timeline = video.timeline()
   bounds = video.bounds()
-  out = []
-  for q in questions(video, rng):
-    options, pos = balancer.place(rng, q["task"], q["answer"], q["distractors"])
-    out.append(records.Record(
-        id=f"{name}/{q['task']}", video=path, scores=scores,
-        turns=((q["question"], q["answer"]),),
-        options=tuple(options), answer_index=pos, task=q["task"],
-        meta={"fps": video.fps, "num_frames": video.num_frames, "seconds": video.duration,
-              "seed": video.seed,
-              "evidence": [list(e) if isinstance(e, tuple) else list(bounds[e])
-                           for e in q["evidence"]],
-              "query": q["query"], "timeline": timeline, "caption": caption(video)}))
+  out, asked = [], set()
+  for j in range(question_sets):
+    for q in questions(video, rng):
+      if q["question"] in asked:
+        continue
+      asked.add(q["question"])
+      out.append(_record(video, q, f"{name}/{q['task']}" + (f"/{j}" if j else ""), path,
+                         balancer, rng, scores, timeline, bounds))
   return out
+
+
+def _record(video: LongVideo, q: dict, rid: str, path: str, balancer: _Balancer,
+            rng: np.random.Generator, scores: str | None, timeline, bounds) -> records.Record:
+  options, pos = balancer.place(rng, q["task"], q["answer"], q["distractors"])
+  return records.Record(
+      id=rid, video=path, scores=scores, turns=((q["question"], q["answer"]),),
+      options=tuple(options), answer_index=pos, task=q["task"],
+      meta={"fps": video.fps, "num_frames": video.num_frames, "seconds": video.duration,
+            "seed": video.seed,
+            "evidence": [list(e) if isinstance(e, tuple) else list(bounds[e])
+                         for e in q["evidence"]],
+            "query": q["query"], "timeline": timeline, "caption": caption(video)})
 
 
 def caption(video: LongVideo) -> str:
@@ -396,7 +409,8 @@ def split_sizes(n: int, heldout: float = 0.2) -> dict[str, int]:
 def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: float = 60.0,
                    max_seconds: float | None = None, fps: float = 4.0, size: int = 64,
                    seed: int = 0, heldout: float = 0.2, splits=records.SPLITS,
-                   cut_scores=(), log=print) -> dict[str, pathlib.Path]:
+                   cut_scores=(), train_question_sets: int = 1,
+                   log=print) -> dict[str, pathlib.Path]:
   """Videos under out_dir/videos and one manifest per split; returns the manifests' paths.
 
   Video i has seed (seed, i) and length uniform in [seconds, max_seconds]; splits take
@@ -404,7 +418,13 @@ def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: fl
   Existing mp4 files are reused. The splits named in `cut_scores` get the generator's cuts as
   their records' shot scores, so shot-aware samplers skip the detector on them (training data
   without a detector pass); the others are scored by the detector like any video.
+  `train_question_sets` > 1 asks each training video more questions (`video_records`): a model
+  then cannot learn a video's five answers by heart. Held-out splits keep one set, so their
+  questions do not depend on it.
   """
+  if isinstance(train_question_sets, bool) or not isinstance(train_question_sets, int) or \
+      train_question_sets < 1:
+    raise ValueError(f"train_question_sets={train_question_sets!r}: set a whole number >= 1")
   out = pathlib.Path(out_dir)
   (out / "videos").mkdir(parents=True, exist_ok=True)
   sizes = split_sizes(num_videos, heldout)
@@ -431,13 +451,14 @@ def make_benchmark(out_dir: str | os.PathLike, num_videos: int = 30, seconds: fl
         scores = f"videos/{name}.cuts.npy"
         if not (out / scores).exists():
           np.save(out / scores, video.cut_scores())
-      recs += video_records(video, name, rel, balancer, rng, scores)
+      recs += video_records(video, name, rel, balancer, rng, scores,
+                            train_question_sets if split == "train" else 1)
     manifests[split] = out / f"{split}.jsonl"
     records.write_manifest(manifests[split], recs)
     log(f"{split}: {sizes[split]} videos, {len(recs)} questions → {manifests[split]}")
   info = dict(num_videos=num_videos, seconds=seconds, max_seconds=max_seconds, fps=fps,
               size=size, seed=seed, heldout=heldout, tasks=list(QUESTION_KINDS),
-              cut_scores=list(cut_scores))
+              cut_scores=list(cut_scores), train_question_sets=train_question_sets)
   (out / "benchmark.json").write_text(json.dumps(info, indent=2))
   return manifests
 

@@ -123,8 +123,9 @@ def _turns(rec: records.Record, task: str, cfg,
   caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
   # a conversation keeps its order; merged questions (data.merge_questions) are drawn at random
+  kinds = rec.meta.get("turn_tasks", ()) if isinstance(rec.meta, dict) else ()
   material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions,
-                            ordered=not cfg.merge_questions)
+                            ordered=not cfg.merge_questions, kinds=kinds)
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
@@ -230,7 +231,8 @@ class ManifestSource:
 def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letters: bool
                     ) -> tuple[list[records.Record], list[np.ndarray]]:
   """One record per (video, clip) of each group whose turns are its records' questions, phrased
-  as `data.choices` says; the first record's scores and meta (its caption) stay."""
+  as `data.choices` says; the first record's scores and meta (its caption) stay, and
+  `meta.turn_tasks` names each turn's task, so turns can be drawn evenly across tasks."""
   merged: list[records.Record] = []
   out_groups = []
   for g in groups:
@@ -241,8 +243,10 @@ def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letter
       by_clip.setdefault((r.video, r.start, r.end), []).append(r)
     for (vid, start, end), rs in by_clip.items():
       turns = tuple(r.text(t, letters) for r in rs for t in range(len(r.turns)))
+      kinds = [r.task or "" for r in rs for _ in r.turns]
+      meta = {**rs[0].meta, "turn_tasks": kinds}
       merged.append(dataclasses.replace(rs[0], id=f"{vid}[{start}:{end}]", turns=turns,
-                                        options=(), answer_index=None, task="merged"))
+                                        options=(), answer_index=None, task="merged", meta=meta))
     out_groups.append(np.arange(first, len(merged)))
   return merged, out_groups
 

@@ -23,6 +23,7 @@ class Material:
   qa: Sequence[tuple[str, str]]  # question/answer turns
   captions: Sequence[tuple[str, str]] = ()  # (prompt, caption); none: the qa turns serve
   ordered: bool = True  # the qa turns are a conversation: keep its first turns, in order
+  kinds: Sequence[str] = ()  # each qa turn's question kind (a benchmark's task), if known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,14 @@ def _qa(m: Material, rng: np.random.Generator, n: int) -> Turns:
   teaches more answers."""
   if m.ordered:
     return list(m.qa[:n])
-  return [m.qa[i] for i in rng.permutation(len(m.qa))[:n]]
+  order = rng.permutation(len(m.qa)).tolist()
+  if m.kinds:  # evenly across kinds: a video's many grounding questions leave room for its needle
+    by_kind: dict[str, list[int]] = {}
+    for i in order:
+      by_kind.setdefault(m.kinds[i], []).append(i)
+    queues = list(by_kind.values())  # in the order the shuffle first met each kind
+    order = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
+  return [m.qa[i] for i in order[:n]]
 
 
 def _caption(m: Material, rng: np.random.Generator, n: int) -> Turns:

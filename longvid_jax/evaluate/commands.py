@@ -22,6 +22,9 @@ def register(subparsers) -> None:
   p.add_argument("--cut-scores", nargs="+", default=[], choices=["train", "val", "test"],
                  metavar="SPLIT", help="these splits' records carry the generator's cuts as "
                  "shot scores (no detector pass when training on them)")
+  p.add_argument("--train-question-sets", type=int, default=1, metavar="N",
+                 help="ask each training video N sets of questions (every task again, at "
+                      "other moments, pairs and shapes; repeats dropped); val and test keep one")
   p.add_argument("--from-config", metavar="CONFIG",
                  help="instead: export the held-out synthetic videos of this training "
                       "config, or of the config a run workdir trained with")
@@ -78,7 +81,8 @@ def make_benchmark_command(args) -> int:
     print(f"{args.split}: {path}")
     return 0
   longvideo.make_benchmark(args.out_dir, args.videos, args.seconds, args.max_seconds, args.fps,
-                           args.size, args.seed, args.heldout, cut_scores=tuple(args.cut_scores))
+                           args.size, args.seed, args.heldout, cut_scores=tuple(args.cut_scores),
+                           train_question_sets=args.train_question_sets)
   return 0
 
 

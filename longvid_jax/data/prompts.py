@@ -111,11 +111,11 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
                         max_targets: int | None = None) -> dict[str, np.ndarray]:
   """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded.
 
-  The video's text (`video_text`) opens the first user turn; every answer and its end-of-turn marker is
-  a target, so one sequence trains several answers for the cost of one video prefix. The query
-  mask covers the questions and never an answer. With `max_targets`, `target_index[max_targets]`
-  lists the target tokens' positions (0 pads: position 0 is never a target), so the loss can run
-  the LM head on those positions only."""
+  The video's text (`video_text`) opens the first user turn; every answer and its end-of-turn
+  marker is a target, so one sequence trains several answers for the cost of one video prefix.
+  The query mask covers the questions and never an answer. With `max_targets`,
+  `target_index[max_targets]` lists the target tokens' positions (0 pads: position 0 is never a
+  target), so the loss can run the LM head on those positions only."""
   if not turns:
     raise ValueError("a conversation needs at least one (question, answer) turn")
   msgs: list[dict] = []

@@ -237,3 +237,25 @@ def test_precompute_scores_the_videos_without_cuts_once(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "shot scores for 1 videos" in out and "features: 2 written, 8 already cached" in out
   assert shots._cache_file(video_file, None, "exact").stat().st_mtime_ns == cached  # pylint: disable=protected-access
+
+
+def test_grounding_names_a_second_inside_one_shot():
+  """"What is shown at 00:37?" names [37 s, 38 s): every frame of that second lies in the asked
+  shot, so no sampled frame of a neighbouring shot can fall in it (with a cut inside the second,
+  two shots would answer it)."""
+  fps, asked = 4, 0
+  for seed in range(200):
+    v = longvideo.make_video(seed, seconds=30, fps=fps, size=16)
+    timeline = v.timeline()
+    for q in longvideo.questions(v, np.random.default_rng(seed)):
+      if q["task"] != "grounding":
+        continue
+      m, s = map(int, q["question"].rsplit(" ", 1)[1].rstrip("?").split(":"))
+      second = 60 * m + s
+      frames = range(second * fps, (second + 1) * fps)
+      shown = {t["description"] for t in timeline for f in frames
+               if t["start_frame"] <= f < t["end_frame"]}
+      assert shown == {q["answer"]}, (seed, q["question"], shown)
+      assert int(q["query"]["frame"] // fps) == second
+      asked += 1
+  assert asked == 200

@@ -9,8 +9,9 @@ For each stage with a text loss it times, on one real batch of that stage's data
   visual    the part before the LLM on its own: (encoder forward,) reducer and projector forward
             and backward to the groups the stage trains, on the same inputs;
 and reports non-LLM share = visual / step, measured directly rather than as a difference of two
-step times. The data time is one batch built on one thread (training prefetches on
-`data.read_threads` threads while the step runs, so it overlaps).
+step times. The data time is one batch built on one thread from frames, and from the feature
+cache when the recipe has one (training prefetches on `data.read_threads` threads while the step
+runs, so it overlaps).
 
   python tools/bench_stages.py                 # the demo recipe (configs/demo.py)
   python tools/bench_stages.py CONFIG --steps 5
@@ -19,6 +20,7 @@ step times. The data time is one batch built on one thread (training prefetches 
 from __future__ import annotations
 
 import argparse
+import copy
 import pathlib
 import statistics
 import time
@@ -65,18 +67,29 @@ def visual_step(model: VideoLLM, trainable, on_frames: bool):
   return step
 
 
+def read_batches(data, s: runs.Setup, scfg, seed: int, fingerprint: str | None,
+                 n: int = 3) -> tuple[dict, float]:
+  """The first of n batches built on one thread, and the seconds per batch."""
+  ds = pipeline.dataset(data, scfg.task, s.tokenizer, s.num_visual, scfg.batch_size, seed=seed,
+                        encoder_fingerprint=fingerprint)
+  t = time.perf_counter()
+  batches = [ds[i] for i in range(n)]
+  seconds = (time.perf_counter() - t) / n
+  return {k: v for k, v in batches[0].items() if k != pipeline.RECORD_ID}, seconds
+
+
 def bench_stage(s: runs.Setup, config, name: str, index: int, params, steps: int) -> dict | None:
   scfg = config.stages[name]
   if not losses.LOSSES.get(scfg.loss).needs_text:
     return None
   scfg = runner.with_untrained_reducer(scfg, s.model, params)
   data = config_lib.stage_data(config, scfg, name)
-  ds = pipeline.dataset(data, scfg.task, s.tokenizer, s.num_visual, scfg.batch_size,
-                        seed=config.seed + index)
-  t = time.perf_counter()
-  batches = [ds[i] for i in range(3)]
-  data_s = (time.perf_counter() - t) / 3
-  batch = {k: v for k, v in batches[0].items() if k != pipeline.RECORD_ID}
+  on_frames = copy.deepcopy(data)
+  on_frames.features = None  # the frames path decodes, whatever the recipe's cache says
+  batch, data_s = read_batches(on_frames, s, scfg, config.seed + index, None)
+  # a recipe with a cache (run `longvid precompute` first) also times reading it
+  data_cache_s = (read_batches(data, s, scfg, config.seed + index,
+                               s.encoder_fingerprint(params))[1] if data.features else None)
   b, seq = batch["input_ids"].shape
 
   tx = optim.make_optimizer(scfg, params)
@@ -87,7 +100,8 @@ def bench_stage(s: runs.Setup, config, name: str, index: int, params, steps: int
     feats = jax.jit(lambda p, f: s.model.apply({"params": p}, f, method=VideoLLM.features))(
         params, jnp.asarray(batch["frames"]))
   with_feats = {**{k: v for k, v in batch.items() if k != "frames"}, "features": feats}
-  out = {"stage": name, "batch": b, "seq_len": seq, "data_s": data_s}
+  out = {"stage": name, "batch": b, "seq_len": seq, "data_s": data_s,
+         "data_cache_s": data_cache_s}
   for kind, bt in (("frames", batch), ("features", with_feats)):
     state = stage.train_state(params, optim.init_opt_state(tx, params))
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)  # the step donates it
@@ -130,14 +144,16 @@ def main(argv=None) -> list[dict]:
   print(f"\n{jax.devices()[0].device_kind}, {len(jax.devices())} device(s); median of "
         f"{args.steps} steps after a compile\n")
   print("| stage | batch × seq | step, frames | step, feature cache | tokens/s, frames | "
-        "tokens/s, cache | non-LLM share, frames | non-LLM share, cache | data s/batch |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        "tokens/s, cache | non-LLM share, frames | non-LLM share, cache | data s/batch, frames | "
+        "data s/batch, cache |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for r in rows:
     tokens = r["batch"] * r["seq_len"]
     print(f"| {r['stage']} | {r['batch']} × {r['seq_len']} | {r['frames']:.3f} s | "
           f"{r['features']:.3f} s | {tokens / r['frames']:.0f} | {tokens / r['features']:.0f} | "
           f"{r['visual_frames'] / r['frames']:.1%} | {r['visual_features'] / r['features']:.1%} |"
-          f" {r['data_s']:.3f} |")
+          f" {r['data_s']:.3f} | "
+          + ("—" if r["data_cache_s"] is None else f"{r['data_cache_s']:.4f}") + " |")
   return rows
 
 

@@ -280,6 +280,12 @@ def mmss(seconds: float) -> str:
   return f"{s // 60:02d}:{s % 60:02d}"
 
 
+def _whole_seconds(a: int, b: int, fps: float) -> tuple[int, int] | None:
+  """[first, last + 1) of the whole seconds [s, s + 1) that frames [a, b) cover, or None."""
+  first, end = math.ceil(a / fps - 1e-9), math.floor(b / fps + 1e-9)
+  return (first, end) if end > first else None
+
+
 def _pick_distractors(rng, answer: str, pool: list[str], n: int) -> list[str]:
   others = [p for p in dict.fromkeys(pool) if p != answer]
   return [others[i] for i in rng.permutation(len(others))[:n]]
@@ -321,10 +327,19 @@ def questions(video: LongVideo, rng: np.random.Generator) -> list[dict]:
   # "live-action footage" is not a safe guess
   clips = [i for i, s in enumerate(video.shots) if s.kind == "clip"]
   shapes_any = [i for i, s in enumerate(video.shots) if s.kind == "shapes"]
-  pool_ids = clips if rng.random() < 0.25 else shapes_any
+  # the asked second lies wholly inside the shot: were a cut inside it, "at 00:37" would name
+  # two shots
+  whole = {i: _whole_seconds(*bounds[i], video.fps) for i in range(len(video.shots))}
+  clips_w = [i for i in clips if whole[i]] or clips
+  shapes_w = [i for i in shapes_any if whole[i]] or shapes_any
+  pool_ids = clips_w if rng.random() < 0.25 else shapes_w
   g = int(pool_ids[int(rng.integers(len(pool_ids)))])
   a, b = bounds[g]
-  frame = int(rng.integers(a, b))
+  if whole[g]:
+    second = int(rng.integers(*whole[g]))
+    frame = max(a, math.ceil(second * video.fps))
+  else:  # too short a video for any shot to hold a whole second
+    frame = int(rng.integers(a, b))
   desc = video.shots[g].describe()
   pool = [s.describe() for s in video.shots] + [
       f"a {co} {sh} on {bg}" for co in colors for sh in synthetic.SHAPES + synthetic.EXTRA_SHAPES

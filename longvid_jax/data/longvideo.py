@@ -338,7 +338,7 @@ def questions(video: LongVideo, rng: np.random.Generator) -> list[dict]:
   if whole[g]:
     second = int(rng.integers(*whole[g]))
     frame = max(a, math.ceil(second * video.fps))
-  else:  # too short a video for any shot to hold a whole second
+  else:  # no shot of the drawn kind holds a whole second (very short videos)
     frame = int(rng.integers(a, b))
   desc = video.shots[g].describe()
   pool = [s.describe() for s in video.shots] + [

@@ -534,6 +534,8 @@ def data(**fields) -> ml_collections.ConfigDict:
       # "interleaved": each frame's time right before its tokens (a reducer that keeps frames apart)
       timestamp_style="sentence",
       system_prompt=None,  # None: the chat template's default system turn
+      # also ask the (first) question before the video, so the frames' tokens see what is asked
+      question_first=False,
       qa_turns=1,  # question/answer turns per qa example: more turns share one video prefix
       # manifests: the records of one video (and clip) become one example holding all their
       # questions, so qa_turns > 1 trains several of a benchmark's questions per video prefix

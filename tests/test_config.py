@@ -60,6 +60,11 @@ def test_interleaved_frame_times_need_frames_kept_apart():
   config_lib.validate(c)
 
 
+def test_question_first_is_a_switch():
+  _bad(lambda c: setattr(c.data, "question_first", None),
+       r"data\.question_first=None must be True or False")
+
+
 def test_token_budget():
   # 4 frames of a 4×4 grid at strides 1×1×1: 64 visual tokens, plus text, in seq_len 70
   def edit(c):

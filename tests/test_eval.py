@@ -227,13 +227,16 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
       (r.question, r.answer)]
 
 
-def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path):
+@pytest.mark.parametrize("question_first", [False, True])
+def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path, question_first):
   """With each frame's time before its tokens, the prompt eval scores is token for token the
-  training example of the same record (same frames, same times, same split of the tokens)."""
+  training example of the same record (same frames, same times, same split of the tokens), the
+  question asked before the video too when the run trained so."""
   c = config_lib.load(TINY)
   c.model.reducer.args.strides = (1, 2, 2)  # 4 frames × 2×2 tokens
-  c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=160,
-                timestamp_style="interleaved", choices="text", sampler="uniform")
+  c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=192,
+                timestamp_style="interleaved", choices="text", sampler="uniform",
+                question_first=question_first)
   config_lib.validate(c)
   s = runs.setup(c, mesh=runs.single_device_mesh())
   checkpoint.save_params(tmp_path / "4_sft" / "params", s.init_params())
@@ -252,3 +255,7 @@ def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path):
   assert ids + rows[r.answer_index].tolist() == ex["input_ids"][:n].tolist()
   vid = np.flatnonzero(np.asarray(ids) == p.tok.video_token_id)
   assert len(vid) == p.num_visual == 16 and len(np.flatnonzero(np.diff(vid) > 1)) == 3
+  question = p.tok.encode(r.question)
+  before = [ids[i:i + len(question)] == question for i in range(vid[0])]
+  after = [ids[i:i + len(question)] == question for i in range(vid[-1], len(ids))]
+  assert (any(before), any(after)) == (question_first, True)

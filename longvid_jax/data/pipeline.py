@@ -107,7 +107,8 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
                             [(p, caption) for p in synthetic.CAPTION_PROMPTS], ordered=False)
   out.update(prompts.encode_conversation(tok, make(material, rng, int(cfg.qa_turns)),
                                          num_visual, cfg.seq_len, system=cfg.system_prompt,
-                                         max_targets=cfg.max_targets))
+                                         max_targets=cfg.max_targets,
+                                         question_first=cfg.question_first))
   return out
 
 
@@ -222,7 +223,8 @@ class ManifestSource:
     try:
       out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,
                                              int(self.cfg.seq_len), video,
-                                             self.cfg.system_prompt, self.cfg.max_targets))
+                                             self.cfg.system_prompt, self.cfg.max_targets,
+                                             self.cfg.question_first))
     except ValueError as e:
       raise RecordError(str(e), "too_long") from None
     return out

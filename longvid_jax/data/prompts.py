@@ -55,21 +55,28 @@ def video_text(timestamps: Sequence[float] | None = None, duration: float = 0.0,
   raise ValueError(f"timestamp style {style!r}; set one of {TIMESTAMP_STYLES}")
 
 
-def user_text(question: str, video: str = VIDEO) -> str:
-  return video + "\n" + question
+def user_text(question: str, video: str = VIDEO, question_first: bool = False) -> str:
+  """The video, then the question. `question_first` also puts the question before the video:
+  in a causal LLM a frame's tokens can then see what is asked and mark themselves as the answer's
+  evidence, where after the video only the answer's position can look back for it."""
+  text = video + "\n" + question
+  return question + "\n" + text if question_first else text
 
 
-def messages(question: str, video: str = VIDEO, system: str | None = None) -> list[dict]:
+def messages(question: str, video: str = VIDEO, system: str | None = None,
+             question_first: bool = False) -> list[dict]:
   """The user turn; `system` replaces the template's default system turn (None keeps it). A
   short one saves tokens on every example: SmolLM2's default is 17 tokens."""
-  user = [{"role": "user", "content": user_text(question, video)}]
+  user = [{"role": "user", "content": user_text(question, video, question_first)}]
   return user if system is None else [{"role": "system", "content": system}] + user
 
 
 def encode_prompt(tok: ChatTokenizer, question: str, num_visual: int,
-                  video: str = VIDEO, system: str | None = None) -> list[int]:
+                  video: str = VIDEO, system: str | None = None,
+                  question_first: bool = False) -> list[int]:
   """Token ids of the prompt up to the assistant's turn, placeholders expanded."""
-  text = tok.apply_chat_template(messages(question, video, system), add_generation_prompt=True)
+  text = tok.apply_chat_template(messages(question, video, system, question_first),
+                                 add_generation_prompt=True)
   return _expand(tok, text, num_visual)
 
 
@@ -99,21 +106,24 @@ def query_mask(prompt_ids: list[int], video_token_id: int) -> np.ndarray:
 
 
 def encode_example(tok: ChatTokenizer, question: str, answer: str, num_visual: int,
-                   seq_len: int, video: str = VIDEO,
-                   system: str | None = None) -> dict[str, np.ndarray]:
+                   seq_len: int, video: str = VIDEO, system: str | None = None,
+                   question_first: bool = False) -> dict[str, np.ndarray]:
   """One question and its answer: a conversation of one turn."""
-  return encode_conversation(tok, [(question, answer)], num_visual, seq_len, video, system)
+  return encode_conversation(tok, [(question, answer)], num_visual, seq_len, video, system,
+                             question_first=question_first)
 
 
 def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], num_visual: int,
                         seq_len: int, video: str = VIDEO,
                         system: str | None = None,
-                        max_targets: int | None = None) -> dict[str, np.ndarray]:
+                        max_targets: int | None = None,
+                        question_first: bool = False) -> dict[str, np.ndarray]:
   """input_ids / attention_mask / loss_mask / query_mask [seq_len], right-padded.
 
   The video's text (`video_text`) opens the first user turn; every answer and its end-of-turn
   marker is a target, so one sequence trains several answers for the cost of one video prefix.
-  The query mask covers the questions and never an answer. With `max_targets`,
+  `question_first` puts the first turn's question before the video too (`user_text`), as a
+  one-question prompt asks it; later turns follow the video. The query mask covers the questions and never an answer. With `max_targets`,
   `target_index[max_targets]` lists the target tokens' positions (0 pads: position 0 is never a
   target), so the loss can run the LM head on those positions only."""
   if not turns:
@@ -124,7 +134,7 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
   query: list[int] = []
   rendered = ""
   for i, (question, answer) in enumerate(turns):
-    msgs += (messages(question, video, system) if i == 0
+    msgs += (messages(question, video, system, question_first) if i == 0
              else [{"role": "user", "content": question}])
     prefix = tok.apply_chat_template(msgs, add_generation_prompt=True)
     msgs.append({"role": "assistant", "content": answer})

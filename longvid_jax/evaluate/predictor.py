@@ -67,6 +67,7 @@ class Predictor:
     self.blind = blind  # black frames: what the LLM answers from the question alone
     self.timestamps, self.timestamp_style = bool(d.timestamps), d.timestamp_style
     self.system = d.system_prompt  # the system turn it was trained with
+    self.question_first = bool(d.get("question_first", False))  # and where it asked
     sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
     self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
     self.tok, self.model, self.num_visual = s.tokenizer, s.model, s.num_visual
@@ -144,11 +145,12 @@ class Predictor:
   def _targets(self, question: str, options: Sequence[str], video: str):
     """(prompt ids, each option's target ids): the training example `prompts.encode_example`
     builds for that option, split where its loss mask starts."""
-    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system)
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system,
+                                   self.question_first)
     targets = []
     for o in options:
       row = prompts.encode_example(self.tok, question, o, self.num_visual, len(prompt) + 64,
-                                   video, self.system)
+                                   video, self.system, self.question_first)
       n = int(row["attention_mask"].sum())
       if row["input_ids"][:len(prompt)].tolist() != prompt or row["loss_mask"][len(prompt)] != 1:
         raise ValueError(f"the chat template does not render option {o!r} after the same prompt")
@@ -194,7 +196,8 @@ class Predictor:
 
   def generate(self, feats: jax.Array, question: str, video: str = prompts.VIDEO,
                max_new_tokens: int = 24) -> Reply:
-    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system)
+    prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system,
+                                   self.question_first)
     ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
     qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
     with self._ctx():

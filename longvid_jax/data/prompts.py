@@ -123,9 +123,10 @@ def encode_conversation(tok: ChatTokenizer, turns: Sequence[tuple[str, str]], nu
   The video's text (`video_text`) opens the first user turn; every answer and its end-of-turn
   marker is a target, so one sequence trains several answers for the cost of one video prefix.
   `question_first` puts the first turn's question before the video too (`user_text`), as a
-  one-question prompt asks it; later turns follow the video. The query mask covers the questions and never an answer. With `max_targets`,
-  `target_index[max_targets]` lists the target tokens' positions (0 pads: position 0 is never a
-  target), so the loss can run the LM head on those positions only."""
+  one-question prompt asks it; later turns follow the video. The query mask covers the
+  questions after the video and never an answer. With `max_targets`, `target_index[max_targets]`
+  lists the target tokens' positions (0 pads: position 0 is never a target), so the loss can run
+  the LM head on those positions only."""
   if not turns:
     raise ValueError("a conversation needs at least one (question, answer) turn")
   msgs: list[dict] = []

@@ -461,13 +461,20 @@ def _validate_model(config) -> int | None:
                      f"token grid: {e}") from None
   for blk, where in _data_blocks(config):
     if blk.timestamps and blk.timestamp_style == "interleaved":
-      t = int(blk.num_frames)
-      if reducer.num_tokens(1, h, w) * t != reducer.num_tokens(t, h, w):
+      if not frames_apart(reducer, int(blk.num_frames), h, w):
         raise ValueError(f"{where}timestamp_style='interleaved' puts each frame's time before "
                          f"its own tokens, but model.reducer ({m.reducer.name}, {args}) mixes "
-                         "frames; keep the temporal stride at 1, or set "
+                         "frames; use one that keeps frames apart (e.g. a temporal stride of "
+                         "1), or set "
                          f"{where}timestamp_style='sentence'")
   return num_visual
+
+
+def frames_apart(reducer, t: int, h: int, w: int) -> bool:
+  """Whether the reducer's tokens split into one equal group per frame, in frame order: what
+  each frame's own time label (`timestamp_style="interleaved"`) needs."""
+  return (not getattr(reducer, "mixes_frames", False)
+          and reducer.num_tokens(1, h, w) * t == reducer.num_tokens(t, h, w))
 
 
 def _validate_mesh(config) -> None:

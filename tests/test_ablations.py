@@ -9,11 +9,11 @@ from longvid_jax import config as config_lib
 
 tables = config_lib.module(pathlib.Path(__file__).resolve().parents[1] / "experiments" /
                            "ablations" / "tables.py")
-BASE = tables.base(True)
+BASE = tables.base("runlocal")
 NAMES = [f"{t}/{v}" for t, vs in tables.variants(BASE).items() for v in vs]
 
 
-@pytest.mark.parametrize("mode", ["runlocal", ""])
+@pytest.mark.parametrize("mode", ["runlocal", "", "local"])
 def test_every_variant_validates(mode):
   for name in NAMES:
     c = tables.get_config(f"{name},{mode}" if mode else name)
@@ -36,17 +36,20 @@ def _flat(d, prefix=""):
 # what each table may change: its ablated factor, and room in seq_len for more visual tokens
 ALLOWED = {
     "table2": (r"data\.sampler",),
-    "table3": (r"model\.reducer\..*", r"data\.seq_len", r"stages\.\w+\.seq_len"),
-    "table4": (r"model\.reducer\.args\.strides", r"data\.seq_len", r"stages\.\w+\.seq_len"),
+    # (local mode: a reducer that mixes frames states frame times in one sentence)
+    "table3": (r"model\.reducer\..*", r"data\.seq_len", r"stages\.\w+\.seq_len",
+               r"data\.timestamp_style"),
+    "table4": (r"model\.reducer\.args\.strides", r"data\.seq_len", r"stages\.\w+\.seq_len",
+               r"data\.timestamp_style"),
     "table5": (r"recipe", r"stages\.\w+\.trainable"),
     "table6": (r"model\.reducer\.args\.constraint",),
 }
 
 
-@pytest.mark.parametrize("mode", ["runlocal", ""])
+@pytest.mark.parametrize("mode", ["runlocal", "", "local"])
 def test_variants_differ_from_the_base_only_in_the_ablated_factor(mode):
   import re
-  base = _flat(tables.base(mode == "runlocal").to_dict())
+  base = _flat(tables.base(mode).to_dict())
   for name in NAMES:
     c = _flat(tables.get_config(f"{name},{mode}" if mode else name).to_dict())
     changed = {k for k in base.keys() | c.keys() if base.get(k) != c.get(k)}
@@ -63,8 +66,8 @@ def test_table2_trains_and_evaluates_with_each_sampler_and_table5_trains_the_ran
   c = tables.get_config("table5/random,runlocal")
   assert "ae_pretrain" not in c.recipe
   assert all("reducer" in c.stages[n].trainable for n in c.recipe)
-  assert set(tables.PAPER) == set(tables.variants(tables.base(True)))
-  rows = tables.variants(tables.base(True))["table3"]
+  assert set(tables.PAPER) == set(tables.variants(tables.base("runlocal")))
+  rows = tables.variants(tables.base("runlocal"))["table3"]
   assert set(rows) == {"svc", "avgpool3d", "avgpool3d_2x4x4", "perceiver"}
 
 
@@ -82,3 +85,38 @@ def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, ca
   assert "The paper finds: AVS > uniform at equal k." in text
   assert "| avs | 8 | 0.600 [0.50–0.70] (chance 0.25) | 0.600 |" in text
   assert (tmp_path / "plot.png").stat().st_size > 0 and "### table2" in capsys.readouterr().out
+
+
+def test_local_tables_keep_the_recipes_sampler_and_label_frames_only_where_tokens_allow():
+  """On experiments/local.py, tables 3–6 sample as the recipe does (AVS); a variant whose tokens
+  are per frame keeps each frame's time before its tokens, one that pools frames (temporal
+  stride, Perceiver) states the times in a sentence, as validation demands."""
+  base = tables.base("local")
+  assert (base.data.sampler, base.data.timestamp_style) == ("avs", "interleaved")
+  for name in NAMES:
+    if name.startswith("table2/"):
+      continue
+    c = tables.get_config(f"{name},local")
+    assert c.data.sampler == "avs", name
+    pools = name in ("table3/svc", "table3/avgpool3d", "table3/avgpool3d_2x4x4",
+                     "table3/perceiver") or (
+                         name.startswith("table4/") and not name.startswith("table4/1x"))
+    assert c.data.timestamp_style == ("sentence" if pools else "interleaved"), name
+  with pytest.raises(ValueError, match="unknown mode 'laptop'"):
+    tables.get_config("table3/svc,laptop")
+
+
+def test_local_tables_score_the_recipes_val_split_and_any_test_manifests(tmp_path):
+  import argparse  # pylint: disable=g-import-not-at-top
+  import ablations  # pylint: disable=g-import-not-at-top
+  c = tables.get_config("table6/residual,local")
+  c.data.manifest = str(tmp_path / "local" / "{split}.jsonl")
+  other = tmp_path / "local_s1" / "test.jsonl"
+  args = argparse.Namespace(local=True, test=[str(other)])
+  with pytest.raises(SystemExit, match=r"no manifest at .*local/val\.jsonl, .*local_s1"):
+    ablations._datasets(tmp_path / "out", c, args)  # pylint: disable=protected-access
+  for p in (tmp_path / "local" / "val.jsonl", other):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("")
+  assert ablations._datasets(tmp_path / "out", c, args) == {  # pylint: disable=protected-access
+      "long-video val": tmp_path / "local" / "val.jsonl", "test local_s1": other}

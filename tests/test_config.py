@@ -3,9 +3,11 @@ names the field to change."""
 
 import pathlib
 
+import ml_collections
 import pytest
 
 from longvid_jax import config as config_lib
+from longvid_jax.models import reducers
 
 RECIPE = str(pathlib.Path(__file__).parent / "data" / "tiny_recipe.py")
 
@@ -53,7 +55,16 @@ def test_interleaved_frame_times_need_frames_kept_apart():
     c.model.reducer.args.strides = strides
     c.data.update(timestamps=True, timestamp_style="interleaved")
   _bad(lambda c: interleave(c, (2, 2, 2)),
-       r"data\.timestamp_style='interleaved'.*mixes frames.*temporal stride at 1")
+       r"data\.timestamp_style='interleaved'.*mixes frames.*temporal stride of 1")
+
+  def perceiver(c):  # as many latents as frames, but each reads them all
+    config_lib.assign(c, "model.reducer", ml_collections.ConfigDict(
+        {"name": "perceiver", "args": {"num_queries": int(c.data.num_frames)}}), what="test")
+    c.data.update(timestamps=True, timestamp_style="interleaved")
+  _bad(perceiver, r"model\.reducer \(perceiver.*mixes frames")
+  tome = reducers.REDUCERS.get("tome")  # merged per frame, or across the whole video
+  assert config_lib.frames_apart(tome(over="frame"), 8, 8, 8)
+  assert not config_lib.frames_apart(tome(over="video"), 8, 8, 8)
   _bad(lambda c: c.data.update(timestamp_style="inline"), r"data\.timestamp_style='inline'")
   c = config_lib.load(RECIPE)
   interleave(c, (1, 2, 2))

@@ -8,6 +8,13 @@ log-likelihood on (a) the recipe's own held-out synthetic videos and (b) the lon
 benchmark's test split (both generated under OUT/data when missing), and the table lands in
 OUT/<table>/table.md, results.json and plot.png. `--steps` shrinks every stage; omit it to
 train the recipe's full schedule.
+
+`--local` builds the variants on experiments/local.py instead and scores them on that recipe's
+long-video val split (its `data.manifest`, which `--set` may point elsewhere) and on `--test`
+manifests, e.g. another seed's videos:
+
+  python tools/ablations.py table3 --local --out workdir/ablations_local \
+      --set data.manifest=data/local/{split}.jsonl --test data/local_s1/test.jsonl
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ TABLES = config_lib.module(ROOT / "experiments" / "ablations" / "tables.py")
 
 def _datasets(out: pathlib.Path, c, args) -> dict[str, pathlib.Path]:
   from longvid_jax.data import longvideo  # pylint: disable=g-import-not-at-top
+  if args.local:  # the recipe's own held-out videos, then any other test manifests
+    sets = {"long-video val": pathlib.Path(str(c.data.manifest).format(split="val"))}
+    sets.update({f"test {pathlib.Path(t).parent.name}": pathlib.Path(t) for t in args.test})
+    missing = [str(p) for p in sets.values() if not p.exists()]
+    if missing:
+      raise SystemExit(f"--local: no manifest at {', '.join(missing)}; build the benchmark as "
+                       "experiments/local.py says, or point --set data.manifest / --test at it")
+    return sets
   data = out / "data"
   synth = data / "synthetic_test.jsonl"
   if not synth.exists():
@@ -148,11 +163,18 @@ def main(argv=None) -> int:
   ap.add_argument("--synthetic-videos", type=int, default=12)
   ap.add_argument("--long-videos", type=int, default=20)
   ap.add_argument("--trained", help="table2: evaluate this finished run instead of training")
+  ap.add_argument("--local", action="store_true",
+                  help="variants of experiments/local.py, scored on its long-video val split")
+  ap.add_argument("--test", nargs="+", default=[], help="--local: more manifests to score")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="override a config value of every variant (e.g. data paths)")
   args = ap.parse_args(argv)
   args.command = " ".join(sys.argv[1:] if argv is None else argv)
-  mode = "" if args.full else ",runlocal"
+  if args.full and args.local:
+    ap.error("--full and --local name different recipes; pick one")
+  mode = "" if args.full else "local" if args.local else "runlocal"
   out = pathlib.Path(args.out)
-  names = list(TABLES.variants(TABLES.base(not args.full))[args.table])
+  names = list(TABLES.variants(TABLES.base(mode))[args.table])
   results = {}
   previous = out / args.table / "results.json"
   if args.only and previous.exists():  # keep the variants an earlier invocation measured
@@ -160,7 +182,8 @@ def main(argv=None) -> int:
   for v in names:
     if args.only and v not in args.only:
       continue
-    c = TABLES.get_config(f"{args.table}/{v}{mode}")
+    c = TABLES.get_config(f"{args.table}/{v}" + (f",{mode}" if mode else ""))
+    config_lib.override(c, args.set)
     datasets = _datasets(out, c, args)
     # table2's variants differ only at inference: they share one trained model
     workdir = out / args.table / ("model" if args.table == "table2" else v)

@@ -5,6 +5,12 @@
 
   longvid run experiments/ablations/tables.py:table3/perceiver,runlocal
 
+and `get_config("table3/perceiver,local")` on `experiments/local.py`, the recipe that learns on
+the long-video benchmark. There tables 3–6 keep that recipe's sampler (AVS, one frame per shot)
+where the paper's ablations sample uniformly, and a variant whose tokens no longer belong to one
+frame each (a temporal stride, the Perceiver) states the frame times in one sentence instead of
+before each frame's tokens.
+
 Tables (all at the recipe's frame budget k = data.num_frames). Each variant differs from the
 base recipe only in the ablated keys (plus seq_len where its token count needs more room;
 `tests/test_ablations.py` diffs them):
@@ -78,45 +84,60 @@ def _strides(c, strides: tuple[int, int, int]) -> dict:
 
 
 # table -> variant -> (config changes as {dotted key: value}, inference sampler)
-def variants(c) -> dict[str, dict[str, tuple[dict, str]]]:
+def variants(c, sampler: str = "uniform") -> dict[str, dict[str, tuple[dict, str]]]:
+  """`sampler`: the frame sampler of tables 3–6 (table 2 is the sampler)."""
   bottleneck = c.model.reducer.args.bottleneck
   return {
       "table2": {name: ({}, name) for name in ("uniform", "avs", "fila", "longvu")},
       "table3": {
-          "svc": (_svc(c, strides=(4, 4, 4)), "uniform"),
-          "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), "uniform"),
-          "avgpool3d_2x4x4": (_room(c, _reducer("avgpool3d", strides=(2, 4, 4))), "uniform"),
-          "perceiver": (_reducer("perceiver", ratio=1 / 64, depth=2), "uniform"),
+          "svc": (_svc(c, strides=(4, 4, 4)), sampler),
+          "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), sampler),
+          "avgpool3d_2x4x4": (_room(c, _reducer("avgpool3d", strides=(2, 4, 4))), sampler),
+          "perceiver": (_reducer("perceiver", ratio=1 / 64, depth=2), sampler),
       },
-      "table4": {f"{t}x{h}x{w}": (_strides(c, (t, h, w)), "uniform")
+      "table4": {f"{t}x{h}x{w}": (_strides(c, (t, h, w)), sampler)
                  for t, h, w in ((2, 2, 2), (4, 4, 4), (1, 8, 8), (4, 8, 8), (8, 4, 4))},
       "table5": {
-          "pretrained": ({}, "uniform"),
+          "pretrained": ({}, sampler),
           # no AE stage: the compressor starts from its random init and learns with the
           # projector in every later stage instead of staying frozen at random
           "random": ({"recipe": tuple(s for s in c.recipe if s != "ae_pretrain"),
                       **{f"stages.{n}.trainable": (*c.stages[n].trainable, "reducer")
-                         for n in c.recipe if n != "ae_pretrain"}}, "uniform"),
+                         for n in c.recipe if n != "ae_pretrain"}}, sampler),
       },
-      "table6": {k: (_svc(c, constraint=k, bottleneck=bottleneck), "uniform")
+      "table6": {k: (_svc(c, constraint=k, bottleneck=bottleneck), sampler)
                  for k in ("none", "vae", "residual")},
   }
 
 
-def base(runlocal: bool) -> ml_collections.ConfigDict:
-  return config_lib.load(str(ROOT / "experiments" / "paper.py") + (":runlocal" if runlocal else ""))
+MODES = ("", "runlocal", "local")
+
+
+def base(mode: str = "") -> ml_collections.ConfigDict:
+  """"": the paper's full-size recipe; "runlocal": its laptop size; "local":
+  experiments/local.py."""
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r}; use runlocal, local or nothing")
+  if mode == "local":
+    return config_lib.load(str(ROOT / "experiments" / "local.py"))
+  return config_lib.load(str(ROOT / "experiments" / "paper.py") + (":runlocal" if mode else ""))
+
+
+def _frames_apart(c) -> bool:
+  e = c.model.encoder
+  grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
+  reducer = reducers.REDUCERS.get(c.model.reducer.name)(**dict(c.model.reducer.args or {}))
+  return config_lib.frames_apart(reducer, int(c.data.num_frames), *grid)
 
 
 def get_config(arg=None):
-  """arg: "table/variant" optionally followed by ",runlocal"."""
+  """arg: "table/variant" optionally followed by ",runlocal" or ",local"."""
   if not arg:
     raise ValueError("name a variant, e.g. tables.py:table3/perceiver,runlocal")
   spec, _, mode = arg.partition(",")
-  if mode not in ("", "runlocal"):
-    raise ValueError(f"unknown mode {mode!r}; use runlocal or nothing")
-  c = base(mode == "runlocal")
+  c = base(mode)
   table, _, variant = spec.partition("/")
-  table_variants = variants(c).get(table)
+  table_variants = variants(c, c.data.sampler if mode == "local" else "uniform").get(table)
   if table_variants is None or variant not in table_variants:
     raise ValueError(f"unknown variant {spec!r}; choose from "
                      + ", ".join(f"{t}/{v}" for t, vs in variants(c).items() for v in vs))
@@ -124,4 +145,6 @@ def get_config(arg=None):
   for key, value in changes.items():
     config_lib.assign(c, key, value, what=f"variant {spec}")
   c.data.sampler = sampler
+  if c.data.timestamp_style == "interleaved" and not _frames_apart(c):
+    c.data.timestamp_style = "sentence"
   return c

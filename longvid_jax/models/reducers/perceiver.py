@@ -26,6 +26,7 @@ from longvid_jax.models.reducers.layers import (ACT, MLP, CrossAttention, check_
 
 @REDUCERS.register("perceiver")
 class PerceiverResampler(TextAgnostic, nn.Module):
+  mixes_frames = True  # every latent reads every frame: no token belongs to one frame
   num_queries: int = 0
   ratio: float = 1 / 64
   depth: int = 2

@@ -97,6 +97,10 @@ class ToMe(TextAgnostic, nn.Module):
       raise ValueError(f"tome ratio must be in (0, 1], got {self.ratio}")
     super().__post_init__()
 
+  @property
+  def mixes_frames(self) -> bool:  # a merged token of the whole video can span frames
+    return self.over == "video"
+
   def _unit_target(self, unit: int) -> int:
     k = self.target or max(1, round(self.ratio * unit))
     if k > unit:

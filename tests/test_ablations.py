@@ -76,7 +76,9 @@ def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, ca
   import ablations  # pylint: disable=g-import-not-at-top
   def ev(acc, lo, hi):
     return {"accuracy": acc, "ci95": [lo, hi], "chance": 0.25, "visual_tokens_per_sample": 8,
-            "seconds_per_sample": 0.1, "tasks": {"needle": {"accuracy": acc}}}
+            "seconds_per_sample": 0.1, "tasks": {
+                "needle": {"accuracy": acc, "ci95": [lo, hi], "chance": 0.25},
+                "ordering": {"accuracy": 0.5, "ci95": [0.4, 0.6], "chance": 0.5}}}
   results = {v: {"train_seconds": 12.0, "eval": {"long-video test": ev(a, a - 0.1, a + 0.1)}}
              for v, a in (("uniform", 0.4), ("avs", 0.6))}
   args = argparse.Namespace(steps=None, command="table2")
@@ -84,7 +86,10 @@ def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, ca
   text = (tmp_path / "table.md").read_text()
   assert "The paper finds: AVS > uniform at equal k." in text
   assert "| avs | 8 | 0.600 [0.50–0.70] (chance 0.25) | 0.600 |" in text
+  assert "| variant | needle (chance 0.25) | ordering (chance 0.50) |" in text
+  assert "| avs | 0.600 [0.50–0.70] | 0.500 [0.40–0.60] |" in text
   assert (tmp_path / "plot.png").stat().st_size > 0 and "### table2" in capsys.readouterr().out
+  assert (tmp_path / "tasks.png").stat().st_size > 0
 
 
 def test_local_tables_keep_the_recipes_sampler_and_label_frames_only_where_tokens_allow():

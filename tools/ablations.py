@@ -115,7 +115,7 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
     ev = r["eval"]
     accs = " | ".join(f"{ev[d]['accuracy']:.3f} [{ev[d]['ci95'][0]:.2f}–{ev[d]['ci95'][1]:.2f}] "
                       f"(chance {ev[d]['chance']:.2f})" for d in datasets)
-    long = ev.get("long-video test", {})
+    long = ev.get("long-video test") or ev.get("long-video val", {})
     needle = long.get("tasks", {}).get("needle", {}).get("accuracy")
     tokens = ev[datasets[0]]["visual_tokens_per_sample"]
     spq = sum(ev[d]["seconds_per_sample"] for d in datasets) / len(datasets)
@@ -125,6 +125,9 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
     lines.append(f"| {v} | {tokens:.0f} | {accs} | "
                  f"{'-' if needle is None else f'{needle:.3f}'} | "
                  f"{'-' if oracle is None else f'{oracle:.3f}'} | {train} | {spq:.2f} |")
+  per_task = _task_rows(results, datasets[0])
+  if per_task:
+    lines += ["", f"Per task on {datasets[0]} (accuracy [95% CI]):", "", *per_task]
   lines += ["", f"steps per stage: {args.steps or 'recipe'}; command: "
             f"`python tools/ablations.py {args.command}`"]
   text = "\n".join(lines)
@@ -149,6 +152,54 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out / "plot.png", dpi=100)
+  plt.close(fig)
+  if per_task:
+    _task_plot(plt, table, out / "tasks.png", results, datasets[0])
+
+
+def _tasks(results: dict, dataset: str) -> list[str]:
+  return sorted({t for r in results.values() for t in r["eval"][dataset].get("tasks", {})})
+
+
+def _task_rows(results: dict, dataset: str) -> list[str]:
+  """A markdown table: one row per variant, one column per task of `dataset`."""
+  tasks = _tasks(results, dataset)
+  if not tasks:
+    return []
+  chance = {t: next(r["eval"][dataset]["tasks"][t]["chance"] for r in results.values()
+                    if t in r["eval"][dataset]["tasks"]) for t in tasks}
+  rows = ["| variant | " + " | ".join(f"{t} (chance {chance[t]:.2f})" for t in tasks) + " |",
+          "|---|" + "---:|" * len(tasks)]
+  for v, r in results.items():
+    got = r["eval"][dataset]["tasks"]
+    rows.append(f"| {v} | " + " | ".join(
+        f"{got[t]['accuracy']:.3f} [{got[t]['ci95'][0]:.2f}–{got[t]['ci95'][1]:.2f}]"
+        if t in got else "-" for t in tasks) + " |")
+  return rows
+
+
+def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str) -> None:
+  """Accuracy per task, one bar per variant, with 95% intervals and each task's chance."""
+  tasks, names = _tasks(results, dataset), list(results)
+  fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.2))
+  width = 0.8 / len(names)
+  for j, v in enumerate(names):
+    got = results[v]["eval"][dataset]["tasks"]
+    xs = [i + j * width for i, t in enumerate(tasks) if t in got]
+    ys = np.array([got[t]["accuracy"] for t in tasks if t in got])
+    ci = np.array([got[t]["ci95"] for t in tasks if t in got])
+    ax.bar(xs, ys, width, label=v, yerr=[ys - ci[:, 0], ci[:, 1] - ys], capsize=2)
+  for i, t in enumerate(tasks):
+    chance = next(r["eval"][dataset]["tasks"][t]["chance"] for r in results.values()
+                  if t in r["eval"][dataset]["tasks"])
+    ax.hlines(chance, i - width / 2, i + width * (len(names) - 0.5), colors="k", linestyles=":")
+  ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(tasks))], tasks)
+  ax.set_ylabel("accuracy (bars: 95% CI; dotted: chance)")
+  ax.set_ylim(0, 1)
+  ax.set_title(f"{table}: {dataset}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 

@@ -157,17 +157,21 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
     _task_plot(plt, table, out / "tasks.png", results, datasets[0])
 
 
-def _tasks(results: dict, dataset: str) -> list[str]:
-  return sorted({t for r in results.values() for t in r["eval"][dataset].get("tasks", {})})
+def _task_chance(results: dict, dataset: str) -> dict[str, float]:
+  """Each task of `dataset` that any variant was scored on, in name order, and its chance."""
+  chance = {}
+  for r in results.values():
+    for t, got in r["eval"][dataset].get("tasks", {}).items():
+      chance.setdefault(t, got["chance"])
+  return dict(sorted(chance.items()))
 
 
 def _task_rows(results: dict, dataset: str) -> list[str]:
   """A markdown table: one row per variant, one column per task of `dataset`."""
-  tasks = _tasks(results, dataset)
+  chance = _task_chance(results, dataset)
+  tasks = list(chance)
   if not tasks:
     return []
-  chance = {t: next(r["eval"][dataset]["tasks"][t]["chance"] for r in results.values()
-                    if t in r["eval"][dataset]["tasks"]) for t in tasks}
   rows = ["| variant | " + " | ".join(f"{t} (chance {chance[t]:.2f})" for t in tasks) + " |",
           "|---|" + "---:|" * len(tasks)]
   for v, r in results.items():
@@ -180,7 +184,8 @@ def _task_rows(results: dict, dataset: str) -> list[str]:
 
 def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str) -> None:
   """Accuracy per task, one bar per variant, with 95% intervals and each task's chance."""
-  tasks, names = _tasks(results, dataset), list(results)
+  chance, names = _task_chance(results, dataset), list(results)
+  tasks = list(chance)
   fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.2))
   width = 0.8 / len(names)
   for j, v in enumerate(names):
@@ -190,9 +195,7 @@ def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str)
     ci = np.array([got[t]["ci95"] for t in tasks if t in got])
     ax.bar(xs, ys, width, label=v, yerr=[ys - ci[:, 0], ci[:, 1] - ys], capsize=2)
   for i, t in enumerate(tasks):
-    chance = next(r["eval"][dataset]["tasks"][t]["chance"] for r in results.values()
-                  if t in r["eval"][dataset]["tasks"])
-    ax.hlines(chance, i - width / 2, i + width * (len(names) - 0.5), colors="k", linestyles=":")
+    ax.hlines(chance[t], i - width / 2, i + width * (len(names) - 0.5), colors="k", linestyles=":")
   ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(tasks))], tasks)
   ax.set_ylabel("accuracy (bars: 95% CI; dotted: chance)")
   ax.set_ylim(0, 1)

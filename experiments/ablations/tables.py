@@ -60,10 +60,15 @@ def _svc(c, **changes) -> dict:
   return _reducer("svc", **args)
 
 
-def _tokens(c, reducer: ml_collections.ConfigDict) -> int:
+def _built(c, reducer: ml_collections.ConfigDict):
+  """(the reducer module, the encoder's h×w token grid) the config names."""
   e = c.model.encoder
   grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
-  module = reducers.REDUCERS.get(reducer.name)(**dict(reducer.args or {}))
+  return reducers.REDUCERS.get(reducer.name)(**dict(reducer.args or {})), grid
+
+
+def _tokens(c, reducer: ml_collections.ConfigDict) -> int:
+  module, grid = _built(c, reducer)
   return module.num_tokens(int(c.data.num_frames), *grid)
 
 
@@ -123,13 +128,6 @@ def base(mode: str = "") -> ml_collections.ConfigDict:
   return config_lib.load(str(ROOT / "experiments" / "paper.py") + (":runlocal" if mode else ""))
 
 
-def _frames_apart(c) -> bool:
-  e = c.model.encoder
-  grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
-  reducer = reducers.REDUCERS.get(c.model.reducer.name)(**dict(c.model.reducer.args or {}))
-  return config_lib.frames_apart(reducer, int(c.data.num_frames), *grid)
-
-
 def get_config(arg=None):
   """arg: "table/variant" optionally followed by ",runlocal" or ",local"."""
   if not arg:
@@ -145,6 +143,8 @@ def get_config(arg=None):
   for key, value in changes.items():
     config_lib.assign(c, key, value, what=f"variant {spec}")
   c.data.sampler = sampler
-  if c.data.timestamp_style == "interleaved" and not _frames_apart(c):
+  module, grid = _built(c, c.model.reducer)
+  if c.data.timestamp_style == "interleaved" and not config_lib.frames_apart(
+      module, int(c.data.num_frames), *grid):
     c.data.timestamp_style = "sentence"
   return c

@@ -57,9 +57,9 @@ def test_interleaved_frame_times_need_frames_kept_apart():
   _bad(lambda c: interleave(c, (2, 2, 2)),
        r"data\.timestamp_style='interleaved'.*mixes frames.*temporal stride of 1")
 
-  def perceiver(c):  # as many latents as frames, but each reads them all
+  def perceiver(c):  # one latent per frame's 4×4 tokens, so the counts match, but each reads all
     config_lib.assign(c, "model.reducer", ml_collections.ConfigDict(
-        {"name": "perceiver", "args": {"num_queries": int(c.data.num_frames)}}), what="test")
+        {"name": "perceiver", "args": {"ratio": 1 / 16}}), what="test")
     c.data.update(timestamps=True, timestamp_style="interleaved")
   _bad(perceiver, r"model\.reducer \(perceiver.*mixes frames")
   tome = reducers.REDUCERS.get("tome")  # merged per frame, or across the whole video

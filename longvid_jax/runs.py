@@ -260,6 +260,12 @@ def setup(config, mesh: jax.sharding.Mesh | Mapping[str, int] | None = None,
   tok = tokenizer(mcfg) if with_tokenizer else None
   llm_cfg = llm_config(mcfg)
   video_id = tok.video_token_id if tok is not None else llm_cfg.vocab_size
+  if tok is not None:  # the placeholder is never embedded, so it may lie past the table
+    ids = tok.vocab_size - (video_id == tok.vocab_size - 1)
+    if ids > llm_cfg.vocab_size:
+      raise ValueError(f"model.tokenizer ({mcfg.tokenizer}) has {ids} ids but the LLM embeds "
+                       f"{llm_cfg.vocab_size}; set model.llm.args.vocab_size>={ids}, or a "
+                       "model.llm.weights checkpoint made for this tokenizer")
   model = build.model(mcfg, video_id, encoder_config(mcfg), llm_cfg)
   if not isinstance(mesh, jax.sharding.Mesh):
     mesh = mesh_lib.make_mesh(dict(config.mesh) if mesh is None else dict(mesh))

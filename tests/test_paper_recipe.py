@@ -111,7 +111,8 @@ def test_configs_come_from_checkpoint_metadata_without_reading_weights(tmp_path,
 
 
 def test_local_recipe_fits_the_benchmarks_longest_examples(tmp_path, monkeypatch):
-  """experiments/local.py: 2 LLM layers, 4×4 tokens per AVS frame (128 per video), and every
+  """experiments/local.py: a 4-layer, 256-wide LLM from scratch that reads SmolLM2's tokenizer,
+  4×4 tokens per AVS frame (128 per video), and every
   stage's examples of 60-second benchmark videos (the longest the recipe's data has: most shots
   and timestamps), each holding all five of a video's questions, fit its seq_len and
   max_targets, so no record is skipped as too long."""
@@ -122,7 +123,8 @@ def test_local_recipe_fits_the_benchmarks_longest_examples(tmp_path, monkeypatch
   monkeypatch.chdir(tmp_path)  # the recipe names data/local relative to where it runs
   c = config_lib.load(str(ROOT / "experiments" / "local.py"))
   config_lib.validate(c)
-  assert runs.llm_config(c.model).num_layers == 2
+  llm = runs.llm_config(c.model)
+  assert (llm.num_layers, llm.hidden_size, c.model.llm.weights) == (4, 256, None)
   m = build.model(c.model, 0, llm_cfg=runs.llm_config(c.model))
   assert build.num_visual_tokens(m, c) == 128
   tok = runs.tokenizer(c.model)
@@ -136,3 +138,17 @@ def test_local_recipe_fits_the_benchmarks_longest_examples(tmp_path, monkeypatch
     for i in range(len(src)):
       ex = src.example(i, rng)  # raises (too_long) past seq_len or max_targets
       assert (ex["target_index"] > 0).sum() >= 5 * 2  # five answers and their end markers
+
+
+def test_an_llm_from_scratch_must_embed_every_tokenizer_id():
+  """A randomly initialised LLM takes its vocabulary size from the config; one smaller than the
+  tokenizer would index past its embedding table, so setup refuses it and names the fix."""
+  c = config_lib.load(str(ROOT / "configs" / "demo.py"))
+  c.model.llm.weights = None
+  n = runs.tokenizer(c.model).vocab_size - 1  # the last id is the never-embedded placeholder
+  c.model.llm.args = dict(c.model.llm.args or {}, vocab_size=n - 1)
+  with pytest.raises(ValueError, match=rf"has {n} ids but the LLM embeds {n - 1}; set "
+                     rf"model\.llm\.args\.vocab_size>={n}"):
+    runs.setup(c, mesh=runs.single_device_mesh())
+  c.model.llm.args = dict(c.model.llm.args, vocab_size=n)
+  assert runs.setup(c, mesh=runs.single_device_mesh()).model.llm.cfg.vocab_size == n

@@ -125,3 +125,24 @@ def test_local_tables_score_the_recipes_val_split_and_any_test_manifests(tmp_pat
     p.write_text("")
   assert ablations._datasets(tmp_path / "out", c, args) == {  # pylint: disable=protected-access
       "long-video val": tmp_path / "local" / "val.jsonl", "test local_s1": other}
+
+
+def test_a_finished_variant_keeps_its_train_time(tmp_path, monkeypatch):
+  """A rerun of the table skips finished variants; their row still shows the time training took
+  (from the run's summary), and a variant whose config another row already trained says so."""
+  import json  # pylint: disable=g-import-not-at-top
+  import ablations  # pylint: disable=g-import-not-at-top
+  c = tables.get_config("table6/residual,local")
+  done = tmp_path / "table6" / "residual"
+  done.mkdir(parents=True)
+  (done / "config.json").write_text(c.to_json_best_effort())
+  (done / "summary.json").write_text(json.dumps({"stages": [
+      {"name": "ae_pretrain", "seconds": 12.5, "final_loss": 7.9},
+      {"name": "sft", "seconds": 1700.0, "final_loss": 0.35}]}))
+  monkeypatch.chdir(tmp_path)  # `--out` given relative, as users type it
+  for workdir, reused in ((pathlib.Path("table6/residual"), False),
+                          (pathlib.Path("table3/svc"), True)):
+    where, info = ablations._train(c, pathlib.Path("."), workdir, None)  # pylint: disable=protected-access
+    assert where.absolute() == done and info["train_seconds"] == 1712.5
+    assert info["stages"] == {"ae_pretrain": 7.9, "sft": 0.35}
+    assert ("reused" in info) == reused

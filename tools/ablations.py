@@ -71,11 +71,11 @@ def _train(c, out: pathlib.Path, workdir: pathlib.Path, steps: int | None):
         ("steps", steps), ("warmup_steps", min(5, steps)), ("log_every", 1),
         ("checkpoint_every", steps))])
   twin = _finished_twin(out, c)
-  if twin is not None and twin != workdir.absolute():
+  if twin is not None:  # the time it took then, not the instant a rerun takes to skip it
     summary = json.loads((twin / "summary.json").read_text())
-    return twin, {"train_seconds": sum(s.get("seconds", 0) for s in summary["stages"]),
-                  "reused": str(twin),
-                  "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
+    info = {"train_seconds": sum(s.get("seconds", 0) for s in summary["stages"]),
+            "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
+    return twin, info if twin.absolute() == workdir.absolute() else {**info, "reused": str(twin)}
   t0 = time.time()
   summary = runner.run(c, workdir)
   return workdir, {"train_seconds": round(time.time() - t0, 1),

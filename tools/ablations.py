@@ -74,12 +74,15 @@ def _train(c, out: pathlib.Path, workdir: pathlib.Path, steps: int | None):
   if twin is not None:  # the time it took then, not the instant a rerun takes to skip it
     summary = json.loads((twin / "summary.json").read_text())
     info = {"train_seconds": sum(s.get("seconds", 0) for s in summary["stages"]),
-            "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
+            "stages": _final_losses(summary)}
     return twin, info if twin.absolute() == workdir.absolute() else {**info, "reused": str(twin)}
   t0 = time.time()
   summary = runner.run(c, workdir)
-  return workdir, {"train_seconds": round(time.time() - t0, 1),
-                   "stages": {s["name"]: s.get("final_loss") for s in summary["stages"]}}
+  return workdir, {"train_seconds": round(time.time() - t0, 1), "stages": _final_losses(summary)}
+
+
+def _final_losses(summary: dict) -> dict:
+  return {s["name"]: s.get("final_loss") for s in summary["stages"]}
 
 
 def _evaluate(workdir, sampler, datasets, limit) -> dict:

@@ -34,7 +34,7 @@ import pathlib
 import ml_collections
 
 from longvid_jax import config as config_lib
-from longvid_jax.models import encoders, reducers
+from longvid_jax.models import build, reducers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -62,9 +62,8 @@ def _svc(c, **changes) -> dict:
 
 def _built(c, reducer: ml_collections.ConfigDict):
   """(the reducer module, the encoder's h×w token grid) the config names."""
-  e = c.model.encoder
-  grid = encoders.config(e.name, e.preset, **dict(e.args or {})).grid
-  return reducers.REDUCERS.get(reducer.name)(**dict(reducer.args or {})), grid
+  return (reducers.REDUCERS.get(reducer.name)(**dict(reducer.args or {})),
+          build.encoder_config(c.model).grid)
 
 
 def _tokens(c, reducer: ml_collections.ConfigDict) -> int:

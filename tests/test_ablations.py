@@ -1,6 +1,7 @@
 """Every ablation variant is a valid config, at laptop size and full size: a variant that could
 not start (e.g. 2×2×2 strides overflowing data.seq_len) fails here, not an hour into a table."""
 
+import json
 import pathlib
 
 import pytest
@@ -71,6 +72,21 @@ def test_table2_trains_and_evaluates_with_each_sampler_and_table5_trains_the_ran
   assert set(rows) == {"svc", "avgpool3d", "avgpool3d_2x4x4", "perceiver"}
 
 
+@pytest.mark.parametrize("mode,strides,tokens", [("runlocal", (4, 4, 4), 8),
+                                                 ("local", (1, 2, 2), 128)])
+def test_table3_compares_compressors_at_the_recipes_own_token_count(mode, strides, tokens):
+  """The paper's recipes compress 64x (4x4x4); the local recipe 4x (1x2x2), where one token
+  per frame region keeps the needle's frame apart. SVC, avgpool3d and the Perceiver each make
+  as many tokens as the recipe."""
+  base = tables.base(mode)
+  assert tuple(base.model.reducer.args.strides) == strides
+  for v in ("svc", "avgpool3d", "perceiver"):
+    c = tables.get_config(f"table3/{v},{mode}")
+    assert tables._tokens(c, c.model.reducer) == tokens, v  # pylint: disable=protected-access
+  assert tables.get_config(f"table3/svc,{mode}").model.reducer.to_dict() == (
+      base.model.reducer.to_dict())
+
+
 def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, capsys):
   import argparse  # pylint: disable=g-import-not-at-top
   import ablations  # pylint: disable=g-import-not-at-top
@@ -90,6 +106,27 @@ def test_table_writer_shows_the_papers_finding_intervals_and_chance(tmp_path, ca
   assert "| avs | 0.600 [0.50–0.70] | 0.500 [0.40–0.60] |" in text
   assert (tmp_path / "plot.png").stat().st_size > 0 and "### table2" in capsys.readouterr().out
   assert (tmp_path / "tasks.png").stat().st_size > 0
+  assert not (tmp_path / "curves.png").exists()  # no variant was scored along its training
+
+
+def test_table_writer_draws_each_variants_learning_curve(tmp_path):
+  import argparse  # pylint: disable=g-import-not-at-top
+  import ablations  # pylint: disable=g-import-not-at-top
+  ev = {"accuracy": 0.5, "ci95": [0.4, 0.6], "chance": 0.3, "visual_tokens_per_sample": 8,
+        "seconds_per_sample": 0.1, "tasks": {}}
+  def pts(*accs):
+    return [{"stage": "sft", "step": 10 * i, "total_step": 5 + 10 * i, "n": 100,
+             "accuracy": a, "ci95": [a - 0.1, a + 0.1], "chance": 0.3} for i, a in enumerate(accs)]
+  results = {"none": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.45)},
+             "vae": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.4, 0.5)}}
+  ablations._write("table6", tmp_path, results,  # pylint: disable=protected-access
+                   argparse.Namespace(steps=None, command="table6"))
+  text = (tmp_path / "table.md").read_text()
+  assert "Accuracy on val against training steps (curves.png):" in text
+  assert "| none | sft 0: 0.300 | sft 10: 0.450 |" in text
+  assert "| vae | sft 0: 0.300 | sft 10: 0.400 | sft 20: 0.500 |" in text
+  assert (tmp_path / "curves.png").stat().st_size > 0
+  assert json.loads((tmp_path / "results.json").read_text())["vae"]["curve"][2]["accuracy"] == 0.5
 
 
 def test_local_tables_keep_the_recipes_sampler_and_label_frames_only_where_tokens_allow():
@@ -103,9 +140,9 @@ def test_local_tables_keep_the_recipes_sampler_and_label_frames_only_where_token
       continue
     c = tables.get_config(f"{name},local")
     assert c.data.sampler == "avs", name
-    pools = name in ("table3/svc", "table3/avgpool3d", "table3/avgpool3d_2x4x4",
-                     "table3/perceiver") or (
-                         name.startswith("table4/") and not name.startswith("table4/1x"))
+    # table3 compares at the recipe's 1x2x2: only the 2x4x4 pooling and the Perceiver mix frames
+    pools = name in ("table3/avgpool3d_2x4x4", "table3/perceiver") or (
+        name.startswith("table4/") and not name.startswith("table4/1x"))
     assert c.data.timestamp_style == ("sentence" if pools else "interleaved"), name
   with pytest.raises(ValueError, match="unknown mode 'laptop'"):
     tables.get_config("table3/svc,laptop")

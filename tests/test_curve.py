@@ -37,6 +37,11 @@ def test_snapshots_and_the_curve_of_a_run(tmp_path, manifest):  # noqa: F811
                    "--out", str(out)]) == 0
   got = json.loads(out.with_suffix(".json").read_text())["points"]
   assert [r["total_step"] for r in got] == [2, 4, 6, 8] and out.with_suffix(".png").stat().st_size
+  # the ablation driver's --curve is the same scoring, per variant
+  import ablations  # pylint: disable=g-import-not-at-top
+  driver = ablations._curve(run, manifest, 5)  # pylint: disable=protected-access
+  assert [(r["total_step"], r["accuracy"]) for r in driver] == [
+      (r["total_step"], r["accuracy"]) for r in got]
   recs = [r for _, r in records.read_manifest(manifest)]
   # each point is what a fresh Predictor on that params folder scores
   r0 = recs[0]

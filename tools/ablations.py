@@ -15,6 +15,9 @@ manifests, e.g. another seed's videos:
 
   python tools/ablations.py table3 --local --out workdir/ablations_local \
       --set data.manifest=data/local/{split}.jsonl --test data/local_s1/test.jsonl
+
+`--curve` also scores each variant's snapshots (`--set stages.sft.snapshot_every=N`) on the
+first dataset, so the table shows whether a variant had converged (curves.png).
 """
 
 from __future__ import annotations
@@ -106,6 +109,14 @@ def _evaluate(workdir, sampler, datasets, limit) -> dict:
   return out
 
 
+def _curve(workdir, manifest, limit) -> list[dict]:
+  """Held-out accuracy at each snapshot and stage end: whether the variant had converged."""
+  from longvid_jax.data import records  # pylint: disable=g-import-not-at-top
+  from longvid_jax.evaluate import curve  # pylint: disable=g-import-not-at-top
+  recs = [r for _, r in records.read_manifest(manifest)]
+  return curve.curve(workdir, recs, "loglik", limit)["points"]
+
+
 def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   names = list(results)
   datasets = list(next(iter(results.values()))["eval"])
@@ -131,6 +142,13 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   per_task = _task_rows(results, datasets[0])
   if per_task:
     lines += ["", f"Per task on {datasets[0]} (accuracy [95% CI]):", "", *per_task]
+  curves = {v: r["curve"] for v, r in results.items() if r.get("curve")}
+  if curves:
+    lines += ["", f"Accuracy on {datasets[0]} against training steps (curves.png):", "",
+              "| variant | " + " | ".join(["step: accuracy"] * max(map(len, curves.values()))) +
+              " |", "|---|" + "---|" * max(map(len, curves.values()))]
+    lines += [f"| {v} | " + " | ".join(f"{p['stage']} {p['step']}: {p['accuracy']:.3f}"
+                                       for p in pts) + " |" for v, pts in curves.items()]
   lines += ["", f"steps per stage: {args.steps or 'recipe'}; command: "
             f"`python tools/ablations.py {args.command}`"]
   text = "\n".join(lines)
@@ -158,6 +176,8 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
   plt.close(fig)
   if per_task:
     _task_plot(plt, table, out / "tasks.png", results, datasets[0])
+  if curves:
+    _curve_plot(plt, table, out / "curves.png", curves, datasets[0])
 
 
 def _task_chance(results: dict, dataset: str) -> dict[str, float]:
@@ -209,6 +229,26 @@ def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str)
   plt.close(fig)
 
 
+def _curve_plot(plt, table: str, path: pathlib.Path, curves: dict, dataset: str) -> None:
+  """One line per variant: accuracy and its 95% band against the recipe's total steps."""
+  fig, ax = plt.subplots(figsize=(6.4, 3.6))
+  for j, (v, pts) in enumerate(curves.items()):
+    x = [p["total_step"] for p in pts]
+    ax.plot(x, [p["accuracy"] for p in pts], "o-", color=f"C{j}", label=v)
+    ax.fill_between(x, [p["ci95"][0] for p in pts], [p["ci95"][1] for p in pts],
+                    color=f"C{j}", alpha=0.12, lw=0)
+  first = next(iter(curves.values()))
+  ax.axhline(first[-1]["chance"], color="k", ls=":", lw=1, label="chance")
+  ax.set_xlabel("training step (stages in recipe order)")
+  ax.set_ylabel("accuracy (band: 95% CI)")
+  ax.set_ylim(0, 1)
+  ax.set_title(f"{table}: {dataset}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("table", choices=["table2", "table3", "table4", "table5", "table6"])
@@ -223,6 +263,9 @@ def main(argv=None) -> int:
   ap.add_argument("--local", action="store_true",
                   help="variants of experiments/local.py, scored on its long-video val split")
   ap.add_argument("--test", nargs="+", default=[], help="--local: more manifests to score")
+  ap.add_argument("--curve", action="store_true",
+                  help="also score every snapshot a variant's run kept on the first dataset "
+                       "(set stages.<name>.snapshot_every) and draw curves.png")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="override a config value of every variant (e.g. data paths)")
   args = ap.parse_args(argv)
@@ -249,6 +292,8 @@ def main(argv=None) -> int:
     else:
       workdir, info = _train(c, out, workdir, args.steps)
     info["eval"] = _evaluate(workdir, c.data.sampler, datasets, args.limit)
+    if args.curve:
+      info["curve"] = _curve(workdir, next(iter(datasets.values())), args.limit)
     results[v] = info
     results = {k: results[k] for k in names if k in results}  # table order
     (out / args.table).mkdir(parents=True, exist_ok=True)

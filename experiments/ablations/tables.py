@@ -16,7 +16,9 @@ base recipe only in the ablated keys (plus seq_len where its token count needs m
 `tests/test_ablations.py` diffs them):
   table2  frame sampling: uniform vs AVS, each trained and evaluated with its sampler, beside
           the peer samplers FiLA and LongVU (which choose by the run's own encoder features)
-  table3  compressor: SVC 4x4x4 vs avgpool3d 4x4x4 and 2x4x4 vs Perceiver (1/64 of the tokens)
+  table3  compressor at the recipe's own strides: SVC vs avgpool3d vs Perceiver with as many
+          tokens (4x4x4, 1/64 of them, in the paper's recipes; 1x2x2 in experiments/local.py),
+          and avgpool3d 2x4x4
   table4  SVC strides (t, h, w): 2x2x2, 4x4x4, 1x8x8, 4x8x8, 8x4x4. The cascade has one block
           per factor of 2 of the largest stride (log2 max(t, h, w) blocks: 2 for 4x4x4, 3 for
           8x4x4), each block striding by 2 along the axes that still need it
@@ -29,6 +31,7 @@ base recipe only in the ablated keys (plus seq_len where its token count needs m
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import ml_collections
@@ -91,13 +94,14 @@ def _strides(c, strides: tuple[int, int, int]) -> dict:
 def variants(c, sampler: str = "uniform") -> dict[str, dict[str, tuple[dict, str]]]:
   """`sampler`: the frame sampler of tables 3–6 (table 2 is the sampler)."""
   bottleneck = c.model.reducer.args.bottleneck
+  strides = tuple(c.model.reducer.args.strides)  # table3 compares at the recipe's own ratio
   return {
       "table2": {name: ({}, name) for name in ("uniform", "avs", "fila", "longvu")},
       "table3": {
-          "svc": (_svc(c, strides=(4, 4, 4)), sampler),
-          "avgpool3d": (_reducer("avgpool3d", strides=(4, 4, 4)), sampler),
+          "svc": (_svc(c), sampler),
+          "avgpool3d": (_reducer("avgpool3d", strides=strides), sampler),
           "avgpool3d_2x4x4": (_room(c, _reducer("avgpool3d", strides=(2, 4, 4))), sampler),
-          "perceiver": (_reducer("perceiver", ratio=1 / 64, depth=2), sampler),
+          "perceiver": (_reducer("perceiver", ratio=1 / math.prod(strides), depth=2), sampler),
       },
       "table4": {f"{t}x{h}x{w}": (_strides(c, (t, h, w)), sampler)
                  for t, h, w in ((2, 2, 2), (4, 4, 4), (1, 8, 8), (4, 8, 8), (8, 4, 4))},

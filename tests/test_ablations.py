@@ -117,8 +117,10 @@ def test_table_writer_draws_each_variants_learning_curve(tmp_path):
   def pts(*accs):
     return [{"stage": "sft", "step": 10 * i, "total_step": 5 + 10 * i, "n": 100,
              "accuracy": a, "ci95": [a - 0.1, a + 0.1], "chance": 0.3} for i, a in enumerate(accs)]
-  results = {"none": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.45)},
-             "vae": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.4, 0.5)}}
+  results = {"none": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.45),
+                      "schedule": {"ae_pretrain": 60, "sft": 350}},
+             "vae": {"train_seconds": 1.0, "eval": {"val": ev}, "curve": pts(0.3, 0.4, 0.5),
+                     "schedule": {"sft": 350}}}
   ablations._write("table6", tmp_path, results,  # pylint: disable=protected-access
                    argparse.Namespace(steps=None, command="table6"))
   text = (tmp_path / "table.md").read_text()
@@ -126,6 +128,7 @@ def test_table_writer_draws_each_variants_learning_curve(tmp_path):
   assert "| none | sft 0: 0.300 | sft 10: 0.450 |" in text
   assert "| vae | sft 0: 0.300 | sft 10: 0.400 | sft 20: 0.500 |" in text
   assert (tmp_path / "curves.png").stat().st_size > 0
+  assert "steps per stage: ae_pretrain 60 → sft 350; sft 350; command:" in text
   assert json.loads((tmp_path / "results.json").read_text())["vae"]["curve"][2]["accuracy"] == 0.5
 
 

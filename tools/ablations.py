@@ -149,7 +149,11 @@ def _write(table: str, out: pathlib.Path, results: dict, args) -> None:
               " |", "|---|" + "---|" * max(map(len, curves.values()))]
     lines += [f"| {v} | " + " | ".join(f"{p['stage']} {p['step']}: {p['accuracy']:.3f}"
                                        for p in pts) + " |" for v, pts in curves.items()]
-  lines += ["", f"steps per stage: {args.steps or 'recipe'}; command: "
+  # the steps each variant trained (--steps and --set both change them)
+  schedules = {" → ".join(f"{k} {n}" for k, n in r["schedule"].items())
+               for r in results.values() if r.get("schedule")}
+  steps = "; ".join(sorted(schedules)) or args.steps or "recipe"
+  lines += ["", f"steps per stage: {steps}; command: "
             f"`python tools/ablations.py {args.command}`"]
   text = "\n".join(lines)
   (out / "table.md").write_text(text + "\n")
@@ -291,6 +295,7 @@ def main(argv=None) -> int:
       workdir, info = pathlib.Path(args.trained), {"train_seconds": 0.0}
     else:
       workdir, info = _train(c, out, workdir, args.steps)
+      info["schedule"] = {s: int(c.stages[s].steps) for s in c.recipe}
     info["eval"] = _evaluate(workdir, c.data.sampler, datasets, args.limit)
     if args.curve:
       info["curve"] = _curve(workdir, next(iter(datasets.values())), args.limit)

@@ -234,16 +234,20 @@ def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str)
 
 
 def _curve_plot(plt, table: str, path: pathlib.Path, curves: dict, dataset: str) -> None:
-  """One line per variant: accuracy and its 95% band against the recipe's total steps."""
+  """One line per variant: accuracy and its 95% band against the last stage's steps, from the
+  params it started with (variants may differ in the stages before it, e.g. table5's AE)."""
   fig, ax = plt.subplots(figsize=(6.4, 3.6))
+  last = next(iter(curves.values()))[-1]["stage"]
   for j, (v, pts) in enumerate(curves.items()):
-    x = [p["total_step"] for p in pts]
+    start = [p for p in pts if p["stage"] != last][-1:]
+    pts = [{**p, "step": 0} for p in start] + [p for p in pts if p["stage"] == last]
+    x = [p["step"] for p in pts]
     ax.plot(x, [p["accuracy"] for p in pts], "o-", color=f"C{j}", label=v)
     ax.fill_between(x, [p["ci95"][0] for p in pts], [p["ci95"][1] for p in pts],
                     color=f"C{j}", alpha=0.12, lw=0)
   first = next(iter(curves.values()))
   ax.axhline(first[-1]["chance"], color="k", ls=":", lw=1, label="chance")
-  ax.set_xlabel("training step (stages in recipe order)")
+  ax.set_xlabel(f"{last} step (0: the params it started from)")
   ax.set_ylabel("accuracy (band: 95% CI)")
   ax.set_ylim(0, 1)
   ax.set_title(f"{table}: {dataset}")

@@ -224,9 +224,13 @@ def _task_plot(plt, table: str, path: pathlib.Path, results: dict, dataset: str)
   for i, t in enumerate(tasks):
     ax.hlines(chance[t], i - width / 2, i + width * (len(names) - 0.5), colors="k", linestyles=":")
   ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(tasks))], tasks)
-  ax.set_ylabel("accuracy (bars: 95% CI; dotted: chance)")
+  _save(plt, fig, ax, path, f"{table}: {dataset}", "accuracy (bars: 95% CI; dotted: chance)")
+
+
+def _save(plt, fig, ax, path: pathlib.Path, title: str, ylabel: str) -> None:
+  ax.set_ylabel(ylabel)
   ax.set_ylim(0, 1)
-  ax.set_title(f"{table}: {dataset}")
+  ax.set_title(title)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -248,13 +252,7 @@ def _curve_plot(plt, table: str, path: pathlib.Path, curves: dict, dataset: str)
   first = next(iter(curves.values()))
   ax.axhline(first[-1]["chance"], color="k", ls=":", lw=1, label="chance")
   ax.set_xlabel(f"{last} step (0: the params it started from)")
-  ax.set_ylabel("accuracy (band: 95% CI)")
-  ax.set_ylim(0, 1)
-  ax.set_title(f"{table}: {dataset}")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, ax, path, f"{table}: {dataset}", "accuracy (band: 95% CI)")
 
 
 def main(argv=None) -> int:

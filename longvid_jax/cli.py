@@ -113,6 +113,7 @@ def precompute_command(args) -> int:
 
   from longvid_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from longvid_jax.data import records, shots  # pylint: disable=g-import-not-at-top
+  from longvid_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
   from longvid_jax.sampling import samplers  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
   config_lib.override(config, args.set or [])
@@ -139,6 +140,8 @@ def precompute_command(args) -> int:
     try:
       frames += len(shots.predict(v, weights=d.detector_weights, mode=d.detector_mode).single)
     except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
+      if isinstance(e, video_lib.BUGS):
+        raise
       bad["shots:" + type(e).__name__] += 1
       print(f"skipping {v}: {e}", file=sys.stderr)
   if videos:

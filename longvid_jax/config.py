@@ -353,6 +353,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if blk.timestamp_style not in prompts.TIMESTAMP_STYLES:
       raise ValueError(f"{w}timestamp_style={blk.timestamp_style!r}; set one of "
                        f"{prompts.TIMESTAMP_STYLES}")
+    if blk.rationale and blk.source != "manifest":
+      raise ValueError(f"{w}rationale=True reads each record's evidence; set "
+                       f"{w}source='manifest' (the long-video benchmark) or {w}rationale=False")
+    if blk.rationale and not (blk.timestamps and blk.timestamp_style == "numbered"):
+      raise ValueError(f"{w}rationale=True cites frames by the numbers the prompt gives them; "
+                       f"set {w}timestamps=True and {w}timestamp_style='numbered'")
     if blk.get("max_targets") is not None:
       _positive_int(blk.max_targets, f"{w}max_targets",
                     "set the most target tokens an example has (>= 1), or None for all positions")
@@ -459,10 +465,16 @@ def _validate_model(config) -> int | None:
   except (TypeError, ValueError) as e:
     raise ValueError(f"model.reducer ({m.reducer.name}) on a {config.data.num_frames}×{h}×{w} "
                      f"token grid: {e}") from None
+  from longvid_jax.data import prompts  # pylint: disable=g-import-not-at-top
   for blk, where in _data_blocks(config):
-    if blk.timestamps and blk.timestamp_style == "interleaved":
+    if m.get("frame_labels") and not (blk.timestamps and blk.timestamp_style == "numbered"):
+      raise ValueError(f"model.frame_labels adds each frame's number to its tokens, the number "
+                       f"the prompt gives it; set {where}timestamps=True and "
+                       f"{where}timestamp_style='numbered', or model.frame_labels=False")
+    if blk.timestamps and blk.timestamp_style in prompts.PER_FRAME_STYLES:
       if not frames_apart(reducer, int(blk.num_frames), h, w):
-        raise ValueError(f"{where}timestamp_style='interleaved' puts each frame's time before "
+        raise ValueError(f"{where}timestamp_style={blk.timestamp_style!r} puts each frame's "
+                         "time before "
                          f"its own tokens, but model.reducer ({m.reducer.name}, {args}) mixes "
                          "frames; use one that keeps frames apart (e.g. a temporal stride of "
                          "1), or set "
@@ -554,6 +566,10 @@ def data(**fields) -> ml_collections.ConfigDict:
       # target tokens per example at most: the LM head then runs on those positions only, not
       # on every position (on a small LLM the vocabulary head is half of a step); None: all
       max_targets=None,
+      # benchmark records with `meta.evidence` (frame ranges): each answer first names the
+      # sampled frames showing its evidence ("frames 5, 2: after"); evaluation generates that
+      # rationale, then ranks the options after it. Needs timestamp_style="numbered"
+      rationale=False,
       strict=False,  # raise on a bad record instead of skipping it
       skip_log_every=100,  # a skip summary every this many bad records
       decode_timeout=120.0,  # seconds before a stuck decode counts as a bad record
@@ -583,6 +599,10 @@ def base() -> ml_collections.ConfigDict:
       llm=dict(args={}, weights=None, layers=None),
       tokenizer="qwen_tiktoken",
       train_encoder=False,
+      # add each frame's number (the word embedding of its label, data.timestamp_style
+      # "numbered") to the frame's visual tokens: no params, and a frame's content then says
+      # which frame it is
+      frame_labels=False,
       init_from=None,  # a params checkpoint (`longvid import` writes one) for every group
   ))
   c.data = data()

@@ -231,3 +231,23 @@ def test_sample_errors_name_the_video(tmp_path, capsys):
   args = _cli().parse_args(["sample", str(path), "--k", "0", "--method", "uniform"])
   assert args.func(args) == 2  # raised by the sampler, which never sees the path
   assert "clip.mp4" in capsys.readouterr().err
+
+
+def test_a_defect_in_the_program_is_raised_not_skipped():
+  """A bad video is a counted skip; an error of the program itself (a missing attribute, a
+  failed assertion) stops the evaluation, since skipping every record over it would hide it."""
+  from longvid_jax.evaluate import benchmark  # pylint: disable=g-import-not-at-top
+  recs = [records.Record(id=f"q{i}", video=f"v{i}.mp4", turns=(("q?", "a"),), options=("a", "b"),
+                         answer_index=0) for i in range(2)]
+
+  def answerer(error):
+    def answer(r):
+      if r.id == "q1":
+        raise error
+      return {"choice": 0}
+    return answer
+
+  res = benchmark.evaluate(recs, answerer(OSError("cut short")))
+  assert res["summary"]["n"] == 1 and res["skipped"][0]["reason"] == "OSError"
+  with pytest.raises(AttributeError, match="no attribute 'cite'"):
+    benchmark.evaluate(recs, answerer(AttributeError("module has no attribute 'cite'")))

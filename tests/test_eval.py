@@ -259,3 +259,66 @@ def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path, quest
   before = [ids[i:i + len(question)] == question for i in range(vid[0])]
   after = [ids[i:i + len(question)] == question for i in range(vid[-1], len(ids))]
   assert (any(before), any(after)) == (question_first, True)
+
+
+def test_rationale_is_trained_and_scored_alike(manifest, tmp_path):
+  """`data.rationale`: a training answer cites the sampled frame inside each evidence range by
+  the number the prompt gives it, and eval ranks the options after the rationale, token for
+  token the training example."""
+  c = config_lib.load(TINY)
+  c.model.reducer.args.strides = (1, 2, 2)
+  c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=224,
+                timestamp_style="numbered", choices="text", sampler="uniform", rationale=True)
+  config_lib.validate(c)
+  s = runs.setup(c, mesh=runs.single_device_mesh())
+  checkpoint.save_params(tmp_path / "4_sft" / "params", s.init_params())
+  (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=2))
+  (tmp_path / "summary.json").write_text(json.dumps(
+      {"final_params": str(tmp_path / "4_sft" / "params"), "stages": []}))
+  p = Predictor(tmp_path)
+  recs = [r for _, r in records.read_manifest(manifest)]
+  src = pipeline.ManifestSource(c.data, "test", "qa", p.tok, p.num_visual)
+  checked = 0
+  for i, r in enumerate(recs[:5]):
+    clip = p.clip(r.video, r.start, r.end, r.scores)
+    video = p.video_text(clip)
+    assert video.startswith(f"frame 1 {prompts.clock(clip.timestamps[0])} ")
+    ex = src.example(i, np.random.default_rng(0))
+    n = int(ex["attention_mask"].sum())
+    answer = p.tok.decode(ex["input_ids"][:n][ex["loss_mask"][:n] == 1].tolist(),
+                          skip_special_tokens=True).strip()
+    lead, said = answer.split(": ", 1)
+    assert said == r.answer
+    frames = clip.indices[clip.valid]
+    for (a, b), name in zip(r.meta["evidence"], lead.split(" ", 1)[1].split(", ")):
+      inside = [k + 1 for k, f in enumerate(frames) if a <= f < b]
+      after = [k + 1 for k, f in enumerate(frames) if a <= f]
+      want = inside[-1] if inside else after[0] if after else "none"
+      assert name == str(want), (r.id, lead, inside, after)
+      checked += 1
+    ids, rows = p._targets(r.question, list(r.options), video, lead + ":")  # pylint: disable=protected-access
+    assert ids + rows[r.answer_index].tolist() == ex["input_ids"][:n].tolist()
+    assert lead + ":" in p.tok.decode(ids[-10:])  # the rationale is prompt, not target
+  assert checked >= 6  # ordering cites two ranges
+  generated = p.leads(p.features(clip), [r.question for r in recs[:3]], video)
+  assert len(generated) == 3 and all(g.endswith(prompts.RATIONALE_END) for g in generated)
+  res = benchmark.evaluate(recs[:5], benchmark.ModelAnswerer(p, "loglik"))
+  assert all(row["rationale"].endswith(":") for row in res["rows"])
+  # each row says whether its rationale cited the frames the training answer cites
+  for r, row in zip(recs[:5], res["rows"]):
+    clip = p.clip(r.video, r.start, r.end, r.scores)
+    want = prompts.cite(prompts.evidence_frames(clip.timestamps, r.meta["evidence"], 4.0)) + ":"
+    assert row["rationale_right"] == (row["rationale"] == want)
+  assert "frames cited right" in benchmark.table(res["summary"])
+
+
+def test_rationale_needs_numbered_frames_and_evidence(manifest, tmp_path):
+  c = config_lib.load(TINY)
+  c.data.update(source="manifest", manifest=str(manifest), timestamps=True, rationale=True)
+  with pytest.raises(ValueError, match=r"rationale=True.*timestamp_style='numbered'"):
+    config_lib.validate(c)
+  rec = records.Record(id="x", video="v.mp4", turns=(("q?", "a"),), options=("a", "b"),
+                       answer_index=0)
+  c.data.timestamp_style = "numbered"
+  with pytest.raises(records.RecordError, match="meta.evidence"):
+    pipeline._turns(rec, "qa", c.data, np.random.default_rng(0), [0.0])  # pylint: disable=protected-access

@@ -163,6 +163,19 @@ def test_interleaved_frame_times_precede_each_frames_tokens():
     prompts.video_text([0.5], 1.0, "inline")
 
 
+def test_rationale_cites_frames_by_their_numbers():
+  video = prompts.video_text([0.0, 12.5, 31.0], 40.0, "numbered")
+  assert video == "frame 1 00:00.0 <video>\nframe 2 00:12.5 <video>\nframe 3 00:31.0 <video>"
+  # at 4 fps the frames are 0, 50 and 124; ranges are [start, end) source frames
+  ranges = [[0, 50], [40, 125], [51, 60], [130, 140], [60, 124]]
+  assert prompts.evidence_frames([0.0, 12.5, 31.0], ranges, 4.0) == [1, 3, 3, None, 3]
+  assert prompts.with_rationale("after", [3, 1]) == "frames 3, 1: after"
+  assert prompts.with_rationale("red", [2]) == "frame 2: red"
+  assert prompts.with_rationale("red", [None]) == "frame none: red"
+  with pytest.raises(ValueError, match="at least one evidence range"):
+    prompts.with_rationale("red", [])
+
+
 def test_query_mask_covers_the_question_and_never_the_answer():
   tok = CharTok()
   ex = prompts.encode_example(tok, "Which?", "red", num_visual=3, seq_len=64)
@@ -251,3 +264,21 @@ def test_projector_norm_makes_visual_embeddings_independent_of_feature_scale():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
   plain = MLPProjector(8, depth=2)
   assert "norm" not in _params(plain, jnp.asarray(x))["params"]
+
+
+def test_frame_labels_add_each_frames_number_embedding_to_its_tokens():
+  """model.frame_labels: frame k's tokens gain the mean word embedding of its number's ids
+  (checked against NumPy on the embedding table); the reducer and projector are untouched."""
+  plain = _model().clone(reducer=SVC(strides=(1, 2, 2), bottleneck=4))
+  labelled = plain.clone(frame_label_ids=((3,), (4,), (3, 7)))
+  feats = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 3))
+  ids = jnp.array([[1, 2, 3]])
+  params = _params(plain, ids, jnp.ones_like(ids), features=feats[:1])
+  a, _ = plain.apply(params, feats, method=VideoLLM.visual_embeds)
+  b, _ = labelled.apply(params, feats, method=VideoLLM.visual_embeds)
+  table = np.asarray(params["params"]["llm"]["embed_tokens"]["embedding"])
+  want = np.repeat(np.stack([table[3], table[4], (table[3] + table[7]) / 2]), 4, axis=0)
+  assert a.shape == (2, 12, 16)
+  np.testing.assert_allclose(np.asarray(b - a), np.broadcast_to(want, (2, 12, 16)), atol=1e-6)
+  with pytest.raises(ValueError, match="2 frame labels for 3 frames"):
+    plain.clone(frame_label_ids=((3,), (4,))).apply(params, feats, method=VideoLLM.visual_embeds)

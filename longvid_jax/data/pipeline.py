@@ -31,7 +31,7 @@ import dataclasses
 import glob
 import logging
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -115,19 +115,34 @@ def example(cfg, task: str, tok, num_visual: int, video_id: int, rng: np.random.
 # -- manifest source: one record → one example ----------------------------------------------------
 
 
-def _turns(rec: records.Record, task: str, cfg,
-           rng: np.random.Generator) -> list[tuple[str, str]]:
+def _turns(rec: records.Record, task: str, cfg, rng: np.random.Generator,
+           timestamps: Sequence[float] = ()) -> list[tuple[str, str]]:
   if not rec.turns:
     raise RecordError(f"record {rec.id} has no question/answer turns for task {task!r}", "no_text")
   letters = cfg.choices == "letters"
+  qa = [rec.text(i, letters) for i in range(len(rec.turns))]
+  if cfg.rationale:
+    qa = [(q, prompts.with_rationale(a, prompts.evidence_frames(timestamps, ev, fps)))
+          for (q, a), ev, fps in zip(qa, *_evidence(rec))]
   # a record's `meta.caption` (the benchmark writes one per video) serves the caption tasks
   caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
   # a conversation keeps its order; merged questions (data.merge_questions) are drawn at random
   kinds = rec.meta.get("turn_tasks", ()) if isinstance(rec.meta, dict) else ()
-  material = tasks.Material([rec.text(i, letters) for i in range(len(rec.turns))], captions,
-                            ordered=not cfg.merge_questions, kinds=kinds)
+  material = tasks.Material(qa, captions, ordered=not cfg.merge_questions, kinds=kinds)
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
+
+
+def _evidence(rec: records.Record) -> tuple[list, list[float]]:
+  """Each turn's evidence ranges (source frames) and the frame rate they count in, from the
+  benchmark's `meta.evidence` / `meta.fps` (merged records: `meta.turn_evidence`)."""
+  meta = rec.meta if isinstance(rec.meta, dict) else {}
+  ranges = meta.get("turn_evidence") or ([meta["evidence"]] if "evidence" in meta else None)
+  if not ranges or len(ranges) != len(rec.turns) or not all(ranges) or not meta.get("fps"):
+    raise RecordError(f"record {rec.id} has no meta.evidence and meta.fps for each turn, which "
+                      "data.rationale needs (the long-video benchmark writes them); set "
+                      "data.rationale=False for other data", "no_evidence")
+  return ranges, [float(meta["fps"])] * len(ranges)
 
 
 class Skips:
@@ -217,7 +232,7 @@ class ManifestSource:
       ts, duration = clip.timestamps, clip.duration
     if tasks.TASKS.get(self.task).turns is None:
       return out
-    turns = _turns(rec, self.task, self.cfg, rng)
+    turns = _turns(rec, self.task, self.cfg, rng, [float(t) for t in ts])
     video = prompts.video_text([float(t) for t in ts] if self.cfg.timestamps else None,
                                duration, self.cfg.timestamp_style)
     try:
@@ -234,7 +249,8 @@ def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letter
                     ) -> tuple[list[records.Record], list[np.ndarray]]:
   """One record per (video, clip) of each group whose turns are its records' questions, phrased
   as `data.choices` says; the first record's scores and meta (its caption) stay, and
-  `meta.turn_tasks` names each turn's task, so turns can be drawn evenly across tasks."""
+  `meta.turn_tasks` names each turn's task, so turns can be drawn evenly across tasks
+  (`meta.turn_evidence` its evidence, for `data.rationale`)."""
   merged: list[records.Record] = []
   out_groups = []
   for g in groups:
@@ -247,6 +263,8 @@ def merge_questions(recs: list[records.Record], groups: list[np.ndarray], letter
       turns = tuple(r.text(t, letters) for r in rs for t in range(len(r.turns)))
       kinds = [r.task or "" for r in rs for _ in r.turns]
       meta = {**rs[0].meta, "turn_tasks": kinds}
+      if all(isinstance(r.meta, dict) and "evidence" in r.meta and len(r.turns) == 1 for r in rs):
+        meta["turn_evidence"] = [r.meta["evidence"] for r in rs]
       merged.append(dataclasses.replace(rs[0], id=f"{vid}[{start}:{end}]", turns=turns,
                                         options=(), answer_index=None, task="merged", meta=meta))
     out_groups.append(np.arange(first, len(merged)))
@@ -345,6 +363,8 @@ class _Examples(grain.MapDataset):
         return {**src.example(i, rng), RECORD_ID: np.asarray(rec.id)}
       except Exception as e:  # noqa: BLE001 - one bad record must not stop the run
         where = f"record {rec.id!r} ({rec.video})"
+        if isinstance(e, video.BUGS):
+          raise
         if src.strict:
           raise RecordError(f"{where}: {e}", video.error_reason(e)) from e
         src.skips.add(rec.id + "@" + rec.video, video.error_reason(e), f"{where}: {e}")

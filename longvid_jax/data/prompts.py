@@ -14,7 +14,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 VIDEO = "<video>"
-TIMESTAMP_STYLES = ("sentence", "interleaved")
+TIMESTAMP_STYLES = ("sentence", "interleaved", "numbered")
+PER_FRAME_STYLES = ("interleaved", "numbered")  # a label before each frame's own tokens
+RATIONALE_END = ":"  # closes the evidence an answer cites (`with_rationale`) before the answer
 
 
 class ChatTokenizer(Protocol):
@@ -45,14 +47,48 @@ def video_text(timestamps: Sequence[float] | None = None, duration: float = 0.0,
   """What stands for the video in the user turn. "sentence": the placeholder, then one sentence
   of frame times; "interleaved": each frame's time right before its own tokens, so a question
   about a moment (or about which came first) finds the frame beside its time, not by counting
-  frames along a list. None: the placeholder alone."""
+  frames along a list; "numbered": the same with the frame's number first ("frame 3 00:12.5"),
+  the name an answer's rationale cites it by (`with_rationale`). None: the placeholder alone."""
   if timestamps is None:
     return VIDEO
   if style == "sentence":
     return VIDEO + "\n" + timestamp_sentence(list(timestamps), duration)
   if style == "interleaved":
     return "\n".join(f"{clock(t)} {VIDEO}" for t in timestamps)
+  if style == "numbered":
+    return "\n".join(f"frame {k} {clock(t)} {VIDEO}" for k, t in enumerate(timestamps, 1))
   raise ValueError(f"timestamp style {style!r}; set one of {TIMESTAMP_STYLES}")
+
+
+def evidence_frames(timestamps: Sequence[float], evidence: Sequence[Sequence[float]],
+                    fps: float) -> list[int | None]:
+  """Per evidence range [start, end) of source frames at `fps`: the number (from 1) of the last
+  sampled frame inside it; the last, so that a range ending at a moment ("what is shown at
+  00:37?", from its shot's start) cites the frame nearest that moment. A range no sampled frame
+  falls in cites the first one after its start (the asked shot may be sampled just after the
+  asked moment), or None when there is none."""
+  idx = np.round(np.asarray(timestamps, np.float64) * fps).astype(int)
+  out = []
+  for a, b in evidence:
+    inside = np.flatnonzero((idx >= a) & (idx < b))
+    after = np.flatnonzero(idx >= a)
+    out.append(int(inside[-1]) + 1 if len(inside) else int(after[0]) + 1 if len(after) else None)
+  return out
+
+
+def with_rationale(answer: str, frames: Sequence[int | None]) -> str:
+  """The answer after the frames that show its evidence: "frames 5, 2: after". A small LLM
+  learns "which frame shows X" as readily as "what colour is X"; comparing two cited frame
+  numbers is then a lookup, where comparing two places in the video was never learned."""
+  return f"{cite(frames)}{RATIONALE_END} {answer}"
+
+
+def cite(frames: Sequence[int | None]) -> str:
+  """ "frame 3", "frames 5, 2": frame numbers as a rationale names them."""
+  if not frames:
+    raise ValueError("a rationale cites at least one evidence range; this answer has none")
+  names = ["none" if f is None else str(f) for f in frames]
+  return f"frame {names[0]}" if len(names) == 1 else f"frames {', '.join(names)}"
 
 
 def user_text(question: str, video: str = VIDEO, question_first: bool = False) -> str:

@@ -65,6 +65,10 @@ class VideoTimeout(VideoError):
     super().__init__(message, "timeout")
 
 
+# errors of the program, not of its input: skipping a record over them would hide a defect
+BUGS = (AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
+
+
 def error_reason(e: BaseException) -> str:
   """Short cause of a failed read, the key skip statistics are counted under."""
   if isinstance(e, FileNotFoundError):

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from longvid_jax.data import pipeline, records, shots, video
+from longvid_jax.data import pipeline, prompts, records, shots, video
 from longvid_jax.data.records import LETTERS, Record, RecordError
 from longvid_jax.evaluate import openended, oracle
 from longvid_jax.sampling import samplers
@@ -81,6 +81,7 @@ class OracleAnswerer:
 
 
 MODES = ("loglik", "calibrated", "generate")
+SHARES = {"evidence_seen": "evidence sampled", "rationale_right": "frames cited right"}
 
 
 class ModelAnswerer:
@@ -149,19 +150,25 @@ class ModelAnswerer:
     ranked = [i for i in range(len(recs)) if i not in answers]
     if ranked:
       questions = [self.p.choices(recs[i].question, recs[i].options) for i in ranked]
+      leads = [""] * len(questions)
       if self.blank:
         scores = self._blank_loglik(questions, vtext)
       else:
-        scores = self.p.loglik_many(self._feats, questions, vtext)
+        leads = self.p.leads(self._feats, [q for q, _ in questions], vtext)
+        scores = self.p.loglik_many(self._feats, questions, vtext, leads)
         if self.mode == "calibrated":
           scores = [s - b for s, b in zip(scores, self._blank_loglik(questions, vtext))]
-      for i, sc in zip(ranked, scores):
-        answers[i] = {"choice": int(np.argmax(sc)), "scores": [round(float(v), 4) for v in sc]}
+      for i, sc, lead in zip(ranked, scores, leads):
+        answers[i] = {"choice": int(np.argmax(sc)), "scores": [round(float(v), 4) for v in sc],
+                      **({"rationale": lead} if lead else {})}
     out = []
     for i, r in enumerate(recs):
       row = {"visual_tokens": self.p.num_visual, "frames": frames, **answers[i]}
       if "evidence" in r.meta:
         row["evidence_seen"] = oracle.evidence_seen(r, frames)
+        if "rationale" in row and r.meta.get("fps"):
+          cited = prompts.evidence_frames(self._clip.timestamps, r.meta["evidence"], r.meta["fps"])
+          row["rationale_right"] = row["rationale"] == prompts.cite(cited) + prompts.RATIONALE_END
       out.append(row)
     return out
 
@@ -197,6 +204,8 @@ def evaluate(recs: Iterable[Record], answer: Answerer, limit: int | None = None,
     try:  # an answerer with `many` scores the questions about one clip together
       outs = answer.many(group) if hasattr(answer, "many") else [answer(r) for r in group]
     except Exception as e:  # noqa: BLE001 - one bad video must not stop the evaluation
+      if isinstance(e, video.BUGS):
+        raise
       where = f"record {group[0].id!r} ({group[0].video})"
       if strict:
         raise RecordError(f"{where}: {e}", video.error_reason(e)) from e
@@ -284,21 +293,27 @@ def _accuracy(rows: list[dict]) -> dict:
           "chance": float(np.mean([r["chance"] for r in rows]))}
 
 
+def _shares(rows: list[dict]) -> dict:
+  """Of the rows that say: the share whose evidence was sampled, and whose rationale cited the
+  right frames."""
+  out = {}
+  for key in SHARES:
+    got = [r[key] for r in rows if key in r]
+    if got:
+      out[key] = float(np.mean(got))
+  return out
+
+
 def summarise(rows: list[dict]) -> dict:
   by = collections.defaultdict(list)
   for row in rows:
     by[row["task"]].append(row)
   tasks = {}
   for t in sorted(by):
-    rs = by[t]
-    tasks[t] = _accuracy(rs)
-    seen = [r["evidence_seen"] for r in rs if "evidence_seen" in r]
-    if seen:
-      tasks[t]["evidence_seen"] = float(np.mean(seen))
-  seen = [r["evidence_seen"] for r in rows if "evidence_seen" in r]
+    tasks[t] = {**_accuracy(by[t]), **_shares(by[t])}
   free = [r for r in rows if r.get("open")]
   return {
-      **({"evidence_seen": float(np.mean(seen))} if seen else {}),
+      **_shares(rows),
       **({"open_ended": {"n": len(free), **{k: float(np.mean([r[k] for r in free]))
                                             for k in ("exact", "match", "judge")
                                             if k in free[0]}}} if free else {}),
@@ -316,9 +331,9 @@ def table(summary: dict, title: str = "") -> str:
   when the summary has one (held-out scoring), an evidence column when any row has it."""
   rows = [*summary["tasks"].items(), ("**all**", summary)]
   blank = "blank_accuracy" in summary
-  seen = any("evidence_seen" in d for _, d in rows)
-  head = ["task", "n", "accuracy", "95% CI"] + ["blank frames"] * blank + ["chance"] + (
-      ["evidence sampled"] * seen)
+  shares = [k for k in SHARES if any(k in d for _, d in rows)]
+  head = ["task", "n", "accuracy", "95% CI"] + ["blank frames"] * blank + ["chance"] + [
+      SHARES[k] for k in shares]
   lines = [f"**{title}**", ""] if title else []
   lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
   for name, d in rows:
@@ -327,8 +342,7 @@ def table(summary: dict, title: str = "") -> str:
     if blank:
       cells.append(f"{d['blank_accuracy']:.3f}")
     cells.append(f"{d['chance']:.3f}")
-    if seen:
-      cells.append(f"{d['evidence_seen']:.2f}" if "evidence_seen" in d else "-")
+    cells += [f"{d[k]:.2f}" if k in d else "-" for k in shares]
     lines.append("| " + " | ".join(cells) + " |")
   skipped = summary.get("skipped", {})
   if skipped.get("n"):

@@ -95,8 +95,8 @@ def ask_command(args) -> int:
   if args.json:
     json.dump(out, sys.stdout)
     print()
-  else:
-    print(out["answer"])
+  else:  # a run trained with rationales shows the frames it cited
+    print(f"{out['rationale']} {out['answer']}" if out.get("rationale") else out["answer"])
   return 0
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PAD_MULTIPLE = 16  # prompt lengths are rounded up to this, so few programs get compiled
 TARGET_MULTIPLE = 4  # answer lengths likewise
 OPTION_MULTIPLE = 4  # and option rows per batch
+RATIONALE_TOKENS = 16  # a generated rationale ("frames 5, 2:") is cut after this many tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Predictor:
     self.timestamps, self.timestamp_style = bool(d.timestamps), d.timestamp_style
     self.system = d.system_prompt  # the system turn it was trained with
     self.question_first = bool(d.get("question_first", False))  # and where it asked
+    self.rationale = bool(trained.get("rationale", False))  # answers cite their frames first
     sizes = {**dict(config.mesh), "data": 1}  # one video at a time; model axes stay
     self.setup = s = runs.setup(config, mesh={k: (1 if v == -1 else v) for k, v in sizes.items()})
     self.tok, self.model, self.num_visual = s.tokenizer, s.model, s.num_visual
@@ -142,25 +144,58 @@ class Predictor:
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return (tok * tmask).sum(axis=1)
 
-  def _targets(self, question: str, options: Sequence[str], video: str):
+  def _targets(self, question: str, options: Sequence[str], video: str, lead: str = ""):
     """(prompt ids, each option's target ids): the training example `prompts.encode_example`
-    builds for that option, split where its loss mask starts."""
+    builds for that option, split where its loss mask starts. After a `lead` (the generated
+    rationale) the split is where the options' rows part: the tokens they share score alike."""
     prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system,
                                    self.question_first)
-    targets = []
+    rows = []
     for o in options:
-      row = prompts.encode_example(self.tok, question, o, self.num_visual, len(prompt) + 64,
-                                   video, self.system, self.question_first)
-      n = int(row["attention_mask"].sum())
+      row = prompts.encode_example(self.tok, question, f"{lead} {o}" if lead else o,
+                                   self.num_visual, len(prompt) + 96, video, self.system,
+                                   self.question_first)
       if row["input_ids"][:len(prompt)].tolist() != prompt or row["loss_mask"][len(prompt)] != 1:
         raise ValueError(f"the chat template does not render option {o!r} after the same prompt")
-      targets.append(row["input_ids"][len(prompt):n])
-    return prompt, targets
+      rows.append(row["input_ids"][:int(row["attention_mask"].sum())].tolist())
+    if lead:
+      n = min(len(r) for r in rows) - 1  # every option keeps at least one target token
+      shared = next((i for i in range(len(prompt), n) if len({r[i] for r in rows}) > 1), n)
+      prompt = rows[0][:shared]
+    return prompt, [np.asarray(r[len(prompt):], np.int32) for r in rows]
+
+  def leads(self, feats: jax.Array, questions: Sequence[str],
+            video: str = prompts.VIDEO) -> list[str]:
+    """The rationale each answer opens with ("frames 5, 2:"), generated greedily for all the
+    questions about one video in a batch; empty strings for a run trained without one."""
+    if not self.rationale:
+      return [""] * len(questions)
+    built = [prompts.encode_prompt(self.tok, q, self.num_visual, video, self.system,
+                                   self.question_first) for q in questions]
+    ids, mask = gen.left_pad(built, self.tok.pad_id, PAD_MULTIPLE)
+    qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
+                      for row in ids]) * mask
+    end = self.tok.encode(prompts.RATIONALE_END)
+    with self._ctx():
+      feats = jnp.broadcast_to(feats, (len(built), *feats.shape[1:]))
+      embeds, emask = self._embed_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
+                                     jnp.asarray(qmask))
+      out = gen.generate(self.model.llm, self.params["llm"], embeds, emask,
+                         max_new_tokens=RATIONALE_TOKENS, stop_ids=[*end, *self.tok.stop_ids],
+                         pad_id=self.tok.pad_id)
+    # a rationale cut short (no end marker) is closed, so the options follow it as trained
+    return [self.tok.decode(row, skip_special_tokens=True).split(prompts.RATIONALE_END)[0]
+            .strip() + prompts.RATIONALE_END for row in out.rows()]
 
   def loglik_many(self, feats: jax.Array, questions: Sequence[tuple[str, Sequence[str]]],
-                  video: str = prompts.VIDEO) -> list[np.ndarray]:
-    """`loglik` for several (question, options) about the same video, in one batch."""
-    built = [self._targets(q, opts, video) for q, opts in questions]
+                  video: str = prompts.VIDEO,
+                  leads: Sequence[str] | None = None) -> list[np.ndarray]:
+    """`loglik` for several (question, options) about the same video, in one batch; a run
+    trained with rationales ranks the options after each question's (`leads`, generated when
+    not given)."""
+    if leads is None:
+      leads = self.leads(feats, [q for q, _ in questions], video)
+    built = [self._targets(q, opts, video, lead) for (q, opts), lead in zip(questions, leads)]
     ids, mask = gen.left_pad([p for p, _ in built], self.tok.pad_id, PAD_MULTIPLE)
     qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
                       for row in ids]) * mask
@@ -220,9 +255,11 @@ class Predictor:
     vtext = self.video_text(clip)
     out = {"frames": clip.indices[clip.valid].tolist(), "visual_tokens": self.num_visual}
     if options and mode == "loglik":
-      scores = self.loglik(feats, *self.choices(question, options), vtext)
+      asked, targets = self.choices(question, options)
+      lead = self.leads(feats, [asked], vtext)
+      scores = self.loglik_many(feats, [(asked, targets)], vtext, lead)[0]
       out.update(answer=options[int(np.argmax(scores))], choice=int(np.argmax(scores)),
-                 scores=scores.tolist())
+                 scores=scores.tolist(), **({"rationale": lead[0]} if lead[0] else {}))
     else:
       prompt = records.multiple_choice_question(question, options) if options else question
       reply = self.generate(feats, prompt, vtext, max_new_tokens)

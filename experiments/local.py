@@ -5,7 +5,7 @@ questions each: needle, counting, ordering, grounding, attribute), made once, th
 step (the encoder's features of each video's 8 AVS frames), then training:
 
   longvid make-benchmark data/local --videos 4200 --seconds 30 --max-seconds 60 \
-      --heldout 0.05 --cut-scores train val --seed 2
+      --heldout 0.05 --cut-scores train val --seed 2 --train-question-sets 3
   longvid precompute experiments/local.py --manifest data/local/train.jsonl \
       --manifest data/local/val.jsonl
   longvid run experiments/local.py

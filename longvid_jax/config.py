@@ -467,10 +467,6 @@ def _validate_model(config) -> int | None:
                      f"token grid: {e}") from None
   from longvid_jax.data import prompts  # pylint: disable=g-import-not-at-top
   for blk, where in _data_blocks(config):
-    if m.get("frame_labels") and not (blk.timestamps and blk.timestamp_style == "numbered"):
-      raise ValueError(f"model.frame_labels adds each frame's number to its tokens, the number "
-                       f"the prompt gives it; set {where}timestamps=True and "
-                       f"{where}timestamp_style='numbered', or model.frame_labels=False")
     if blk.timestamps and blk.timestamp_style in prompts.PER_FRAME_STYLES:
       if not frames_apart(reducer, int(blk.num_frames), h, w):
         raise ValueError(f"{where}timestamp_style={blk.timestamp_style!r} puts each frame's "
@@ -599,10 +595,6 @@ def base() -> ml_collections.ConfigDict:
       llm=dict(args={}, weights=None, layers=None),
       tokenizer="qwen_tiktoken",
       train_encoder=False,
-      # add each frame's number (the word embedding of its label, data.timestamp_style
-      # "numbered") to the frame's visual tokens: no params, and a frame's content then says
-      # which frame it is
-      frame_labels=False,
       init_from=None,  # a params checkpoint (`longvid import` writes one) for every group
   ))
   c.data = data()

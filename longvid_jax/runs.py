@@ -266,10 +266,7 @@ def setup(config, mesh: jax.sharding.Mesh | Mapping[str, int] | None = None,
       raise ValueError(f"model.tokenizer ({mcfg.tokenizer}) has {ids} ids but the LLM embeds "
                        f"{llm_cfg.vocab_size}; set model.llm.args.vocab_size>={ids}, or a "
                        "model.llm.weights checkpoint made for this tokenizer")
-  labels = ()
-  if mcfg.get("frame_labels") and tok is not None:  # the numbers "numbered" frame times give
-    labels = tuple(tuple(tok.encode(str(k))) for k in range(1, int(config.data.num_frames) + 1))
-  model = build.model(mcfg, video_id, encoder_config(mcfg), llm_cfg, labels)
+  model = build.model(mcfg, video_id, encoder_config(mcfg), llm_cfg)
   if not isinstance(mesh, jax.sharding.Mesh):
     mesh = mesh_lib.make_mesh(dict(config.mesh) if mesh is None else dict(mesh))
   rules = mesh_lib.rules_from_config(config.sharding_rules)

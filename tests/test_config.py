@@ -180,7 +180,5 @@ def test_good_sets_still_work():
   assert c.data.read_threads == 4 and c.data.fps == 2 and c.stages.sft.grad_accum == 2
 
 
-def test_frame_labels_and_rationales_need_numbered_frame_times():
-  _bad(lambda c: setattr(c.model, "frame_labels", True),
-       r"model\.frame_labels.*data\.timestamp_style='numbered'")
+def test_rationales_need_manifest_records():
   _bad(lambda c: c.data.update(rationale=True), r"data\.rationale=True.*source='manifest'")

@@ -265,20 +265,3 @@ def test_projector_norm_makes_visual_embeddings_independent_of_feature_scale():
   plain = MLPProjector(8, depth=2)
   assert "norm" not in _params(plain, jnp.asarray(x))["params"]
 
-
-def test_frame_labels_add_each_frames_number_embedding_to_its_tokens():
-  """model.frame_labels: frame k's tokens gain the mean word embedding of its number's ids
-  (checked against NumPy on the embedding table); the reducer and projector are untouched."""
-  plain = _model().clone(reducer=SVC(strides=(1, 2, 2), bottleneck=4))
-  labelled = plain.clone(frame_label_ids=((3,), (4,), (3, 7)))
-  feats = jax.random.normal(jax.random.key(1), (2, 3, 4, 4, 3))
-  ids = jnp.array([[1, 2, 3]])
-  params = _params(plain, ids, jnp.ones_like(ids), features=feats[:1])
-  a, _ = plain.apply(params, feats, method=VideoLLM.visual_embeds)
-  b, _ = labelled.apply(params, feats, method=VideoLLM.visual_embeds)
-  table = np.asarray(params["params"]["llm"]["embed_tokens"]["embedding"])
-  want = np.repeat(np.stack([table[3], table[4], (table[3] + table[7]) / 2]), 4, axis=0)
-  assert a.shape == (2, 12, 16)
-  np.testing.assert_allclose(np.asarray(b - a), np.broadcast_to(want, (2, 12, 16)), atol=1e-6)
-  with pytest.raises(ValueError, match="2 frame labels for 3 frames"):
-    plain.clone(frame_label_ids=((3,), (4,))).apply(params, feats, method=VideoLLM.visual_embeds)

@@ -42,8 +42,7 @@ def reducer(mcfg) -> nn.Module:
 
 
 def model(mcfg, video_token_id: int, encoder_cfg: Any = None,
-          llm_cfg: LLMConfig | None = None,
-          frame_label_ids: tuple[tuple[int, ...], ...] = ()) -> VideoLLM:
+          llm_cfg: LLMConfig | None = None) -> VideoLLM:
   """The VideoLLM of `config.model`; part configs default to the config's own (no weights)."""
   encoder_cfg = encoder_config(mcfg) if encoder_cfg is None else encoder_cfg
   llm_cfg = llm_config(mcfg) if llm_cfg is None else llm_cfg
@@ -52,7 +51,7 @@ def model(mcfg, video_token_id: int, encoder_cfg: Any = None,
       projector=MLPProjector(llm_cfg.hidden_size, depth=mcfg.projector.depth,
                              norm=bool(mcfg.projector.norm)),
       llm=DecoderLM(llm_cfg), video_token_id=int(video_token_id),
-      train_encoder=bool(mcfg.train_encoder), frame_label_ids=tuple(frame_label_ids))
+      train_encoder=bool(mcfg.train_encoder))
 
 
 def num_visual_tokens(m: VideoLLM, config) -> int:

@@ -24,10 +24,6 @@ class VideoLLM(nn.Module):
   llm: DecoderLM
   video_token_id: int
   train_encoder: bool = False
-  # token ids of each frame's number as the prompt writes it ("frame 3": the ids of "3"); given,
-  # a frame's visual tokens carry that number's word embedding, so attending to what a frame
-  # shows also reads which frame it is (what `data.rationale` answers cite)
-  frame_label_ids: tuple[tuple[int, ...], ...] = ()
 
   def features(self, frames: jax.Array) -> jax.Array:
     """frames[B,T,S,S,3] in [0,1] → tokens[B,T,h,w,C]; time is folded into the batch."""
@@ -42,22 +38,7 @@ class VideoLLM(nn.Module):
                     ) -> tuple[jax.Array, Reduced]:
     """tokens[B,T,h,w,C] → embeds[B,N,D] plus the reducer's output (mask, losses)."""
     red = self.reducer(f, query=query, deterministic=deterministic, query_mask=query_mask)
-    visual = self.projector(red.tokens)
-    if self.frame_label_ids:
-      visual = visual + self._frame_labels(f.shape[1], visual.shape[1]).astype(visual.dtype)
-    return visual, red
-
-  def _frame_labels(self, t: int, n: int) -> jax.Array:
-    """[1,N,D]: frame k's number embedding (the mean over its tokens) on each of its N/T
-    tokens (time-major, as the reducers that keep frames apart lay them out)."""
-    if len(self.frame_label_ids) != t or n % t:
-      raise ValueError(f"{len(self.frame_label_ids)} frame labels for {t} frames of {n} visual "
-                       "tokens; they need one label per frame and frames kept apart")
-    width = max(len(x) for x in self.frame_label_ids)
-    ids = jnp.array([list(x) + [0] * (width - len(x)) for x in self.frame_label_ids])
-    real = jnp.array([[1.0] * len(x) + [0.0] * (width - len(x)) for x in self.frame_label_ids])
-    e = (self.llm.embed(ids) * real[..., None]).sum(1) / real.sum(1, keepdims=True)
-    return jnp.repeat(e, n // t, axis=0)[None]
+    return self.projector(red.tokens), red
 
   def question(self, input_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
     """The question's token embeddings [B,L,D], the query of text-guided reducers. Only the

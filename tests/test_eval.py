@@ -227,6 +227,17 @@ def test_multiple_choice_is_scored_as_training_phrased_it(run_dir, manifest, tmp
       (r.question, r.answer)]
 
 
+def _fresh_run(c, root: pathlib.Path) -> Predictor:
+  """A finished run of config `c` under `root` holding freshly initialised params, opened."""
+  config_lib.validate(c)
+  s = runs.setup(c, mesh=runs.single_device_mesh())
+  checkpoint.save_params(root / "4_sft" / "params", s.init_params())
+  (root / "config.json").write_text(c.to_json_best_effort(indent=2))
+  (root / "summary.json").write_text(json.dumps(
+      {"final_params": str(root / "4_sft" / "params"), "stages": []}))
+  return Predictor(root)
+
+
 @pytest.mark.parametrize("question_first", [False, True])
 def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path, question_first):
   """With each frame's time before its tokens, the prompt eval scores is token for token the
@@ -237,13 +248,7 @@ def test_interleaved_frame_times_are_scored_as_trained(manifest, tmp_path, quest
   c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=192,
                 timestamp_style="interleaved", choices="text", sampler="uniform",
                 question_first=question_first)
-  config_lib.validate(c)
-  s = runs.setup(c, mesh=runs.single_device_mesh())
-  checkpoint.save_params(tmp_path / "4_sft" / "params", s.init_params())
-  (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=2))
-  (tmp_path / "summary.json").write_text(json.dumps(
-      {"final_params": str(tmp_path / "4_sft" / "params"), "stages": []}))
-  p = Predictor(tmp_path)
+  p = _fresh_run(c, tmp_path)
   r = next(r for _, r in records.read_manifest(manifest))
   clip = p.clip(r.video, r.start, r.end, r.scores)
   video = p.video_text(clip)
@@ -269,13 +274,7 @@ def test_rationale_is_trained_and_scored_alike(manifest, tmp_path):
   c.model.reducer.args.strides = (1, 2, 2)
   c.data.update(source="manifest", manifest=str(manifest), timestamps=True, seq_len=224,
                 timestamp_style="numbered", choices="text", sampler="uniform", rationale=True)
-  config_lib.validate(c)
-  s = runs.setup(c, mesh=runs.single_device_mesh())
-  checkpoint.save_params(tmp_path / "4_sft" / "params", s.init_params())
-  (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=2))
-  (tmp_path / "summary.json").write_text(json.dumps(
-      {"final_params": str(tmp_path / "4_sft" / "params"), "stages": []}))
-  p = Predictor(tmp_path)
+  p = _fresh_run(c, tmp_path)
   recs = [r for _, r in records.read_manifest(manifest)]
   src = pipeline.ManifestSource(c.data, "test", "qa", p.tok, p.num_visual)
   checked = 0

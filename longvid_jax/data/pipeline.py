@@ -122,8 +122,9 @@ def _turns(rec: records.Record, task: str, cfg, rng: np.random.Generator,
   letters = cfg.choices == "letters"
   qa = [rec.text(i, letters) for i in range(len(rec.turns))]
   if cfg.rationale:
+    ranges, fps = _evidence(rec)
     qa = [(q, prompts.with_rationale(a, prompts.evidence_frames(timestamps, ev, fps)))
-          for (q, a), ev, fps in zip(qa, *_evidence(rec))]
+          for (q, a), ev in zip(qa, ranges)]
   # a record's `meta.caption` (the benchmark writes one per video) serves the caption tasks
   caption = rec.meta.get("caption") if isinstance(rec.meta, dict) else None
   captions = [(p, caption) for p in synthetic.CAPTION_PROMPTS] if caption else []
@@ -133,7 +134,7 @@ def _turns(rec: records.Record, task: str, cfg, rng: np.random.Generator,
   return tasks.TASKS.get(task).turns(material, rng, int(cfg.qa_turns))
 
 
-def _evidence(rec: records.Record) -> tuple[list, list[float]]:
+def _evidence(rec: records.Record) -> tuple[list, float]:
   """Each turn's evidence ranges (source frames) and the frame rate they count in, from the
   benchmark's `meta.evidence` / `meta.fps` (merged records: `meta.turn_evidence`)."""
   meta = rec.meta if isinstance(rec.meta, dict) else {}
@@ -142,7 +143,7 @@ def _evidence(rec: records.Record) -> tuple[list, list[float]]:
     raise RecordError(f"record {rec.id} has no meta.evidence and meta.fps for each turn, which "
                       "data.rationale needs (the long-video benchmark writes them); set "
                       "data.rationale=False for other data", "no_evidence")
-  return ranges, [float(meta["fps"])] * len(ranges)
+  return ranges, float(meta["fps"])
 
 
 class Skips:
@@ -232,8 +233,9 @@ class ManifestSource:
       ts, duration = clip.timestamps, clip.duration
     if tasks.TASKS.get(self.task).turns is None:
       return out
-    turns = _turns(rec, self.task, self.cfg, rng, [float(t) for t in ts])
-    video = prompts.video_text([float(t) for t in ts] if self.cfg.timestamps else None,
+    ts = [float(t) for t in ts]
+    turns = _turns(rec, self.task, self.cfg, rng, ts)
+    video = prompts.video_text(ts if self.cfg.timestamps else None,
                                duration, self.cfg.timestamp_style)
     try:
       out.update(prompts.encode_conversation(self.tok, turns, self.num_visual,

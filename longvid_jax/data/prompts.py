@@ -80,7 +80,12 @@ def with_rationale(answer: str, frames: Sequence[int | None]) -> str:
   """The answer after the frames that show its evidence: "frames 5, 2: after". A small LLM
   learns "which frame shows X" as readily as "what colour is X"; comparing two cited frame
   numbers is then a lookup, where comparing two places in the video was never learned."""
-  return f"{cite(frames)}{RATIONALE_END} {answer}"
+  return f"{rationale(frames)} {answer}"
+
+
+def rationale(frames: Sequence[int | None]) -> str:
+  """ "frames 5, 2:": what an answer opens with, and what eval generates before the options."""
+  return cite(frames) + RATIONALE_END
 
 
 def cite(frames: Sequence[int | None]) -> str:

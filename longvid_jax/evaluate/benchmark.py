@@ -168,7 +168,7 @@ class ModelAnswerer:
         row["evidence_seen"] = oracle.evidence_seen(r, frames)
         if "rationale" in row and r.meta.get("fps"):
           cited = prompts.evidence_frames(self._clip.timestamps, r.meta["evidence"], r.meta["fps"])
-          row["rationale_right"] = row["rationale"] == prompts.cite(cited) + prompts.RATIONALE_END
+          row["rationale_right"] = row["rationale"] == prompts.rationale(cited)
       out.append(row)
     return out
 
@@ -328,7 +328,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def table(summary: dict, title: str = "") -> str:
   """A Markdown table: one row per task, then the overall row. A blank-frames column appears
-  when the summary has one (held-out scoring), an evidence column when any row has it."""
+  when the summary has one (held-out scoring), a column per `SHARES` entry any row has."""
   rows = [*summary["tasks"].items(), ("**all**", summary)]
   blank = "blank_accuracy" in summary
   shares = [k for k in SHARES if any(k in d for _, d in rows)]

@@ -164,6 +164,13 @@ class Predictor:
       prompt = rows[0][:shared]
     return prompt, [np.asarray(r[len(prompt):], np.int32) for r in rows]
 
+  def _padded(self, prompt_ids: Sequence[list[int]]):
+    """Left-padded ids, attention mask and question mask of prompts (`prompts.query_mask`)."""
+    ids, mask = gen.left_pad(prompt_ids, self.tok.pad_id, PAD_MULTIPLE)
+    qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
+                      for row in ids]) * mask
+    return ids, mask, qmask
+
   def leads(self, feats: jax.Array, questions: Sequence[str],
             video: str = prompts.VIDEO) -> list[str]:
     """The rationale each answer opens with ("frames 5, 2:"), generated greedily for all the
@@ -172,9 +179,7 @@ class Predictor:
       return [""] * len(questions)
     built = [prompts.encode_prompt(self.tok, q, self.num_visual, video, self.system,
                                    self.question_first) for q in questions]
-    ids, mask = gen.left_pad(built, self.tok.pad_id, PAD_MULTIPLE)
-    qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
-                      for row in ids]) * mask
+    ids, mask, qmask = self._padded(built)
     end = self.tok.encode(prompts.RATIONALE_END)
     with self._ctx():
       feats = jnp.broadcast_to(feats, (len(built), *feats.shape[1:]))
@@ -196,9 +201,7 @@ class Predictor:
     if leads is None:
       leads = self.leads(feats, [q for q, _ in questions], video)
     built = [self._targets(q, opts, video, lead) for (q, opts), lead in zip(questions, leads)]
-    ids, mask = gen.left_pad([p for p, _ in built], self.tok.pad_id, PAD_MULTIPLE)
-    qmask = np.stack([prompts.query_mask(row.tolist(), self.tok.video_token_id)
-                      for row in ids]) * mask
+    ids, mask, qmask = self._padded([p for p, _ in built])
     rows = [(i, t) for i, (_, targets) in enumerate(built) for t in targets]
     width = -(-max(len(t) for _, t in rows) // TARGET_MULTIPLE) * TARGET_MULTIPLE
     height = -(-len(rows) // OPTION_MULTIPLE) * OPTION_MULTIPLE  # few shapes to compile
@@ -233,8 +236,7 @@ class Predictor:
                max_new_tokens: int = 24) -> Reply:
     prompt = prompts.encode_prompt(self.tok, question, self.num_visual, video, self.system,
                                    self.question_first)
-    ids, mask = gen.left_pad([prompt], self.tok.pad_id, PAD_MULTIPLE)
-    qmask = prompts.query_mask(ids[0].tolist(), self.tok.video_token_id)[None] * mask
+    ids, mask, qmask = self._padded([prompt])
     with self._ctx():
       embeds, emask = self._embed_fn(self.params, feats, jnp.asarray(ids), jnp.asarray(mask),
                                      jnp.asarray(qmask))
